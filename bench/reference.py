@@ -1,0 +1,79 @@
+"""float64 references used to sanity-check every timed implementation's output.
+
+A benchmark of a wrong answer is worthless: each implementation's first call
+is compared against these (max absolute error, reported in the JSON and in the
+detail tables), and a result far off is flagged in the report's notes.
+The references are computed once per (case, kind) in float64 from the exact
+input values the implementations received (half-precision inputs included).
+"""
+import numpy as np
+
+from cases import EPS, RMS_EPS
+
+# Max abs error above which an output is flagged as suspicious.
+SUSPICIOUS = {"float64": 1e-6, "float32": 1e-2, "float16": 0.1, "bfloat16": 0.5}
+
+
+def _f64(a):
+    return np.asarray(a).astype(np.float64)
+
+
+def _bparam(p, case):
+    return _f64(p).reshape(case.param_broadcast_shape())
+
+
+def layer_norm(case, x, w, b):
+    x = _f64(x)
+    mean = x.mean(axis=case.axes, keepdims=True)
+    xc = x - mean
+    rstd = 1.0 / np.sqrt(np.square(xc).mean(axis=case.axes, keepdims=True) + EPS)
+    return xc * rstd * _bparam(w, case) + _bparam(b, case)
+
+
+def rms_norm(case, x, w):
+    x = _f64(x)
+    rrms = 1.0 / np.sqrt(np.square(x).mean(axis=case.axes, keepdims=True) + RMS_EPS)
+    return x * rrms * _bparam(w, case)
+
+
+def layer_norm_backward_dx(case, dy, x, w):
+    x, dy = _f64(x), _f64(dy)
+    n = case.cols
+    mean = x.mean(axis=case.axes, keepdims=True)
+    xc = x - mean
+    rstd = 1.0 / np.sqrt(np.square(xc).mean(axis=case.axes, keepdims=True) + EPS)
+    xhat = xc * rstd
+    g = dy * _bparam(w, case)
+    sg = g.sum(axis=case.axes, keepdims=True)
+    sgx = (g * xhat).sum(axis=case.axes, keepdims=True)
+    return rstd * (g - sg / n - xhat * sgx / n)
+
+
+def compute(kind, case, data, dtype):
+    """Reference output of ``kind`` for ``case`` with inputs in ``dtype``."""
+    g = lambda name: data.get(name, dtype)
+    if kind == "layer_norm":
+        return layer_norm(case, g("x"), g("w"), g("b"))
+    if kind == "rms_norm":
+        return rms_norm(case, g("x"), g("w"))
+    if kind == "add_layer_norm":   # the sum is rounded to dtype, as every implementation does
+        return layer_norm(case, (g("x") + g("r")), g("w"), g("b"))
+    if kind == "add_rms_norm":
+        return rms_norm(case, (g("x") + g("r")), g("w"))
+    if kind == "layer_norm_backward":
+        return layer_norm_backward_dx(case, g("dy"), g("x"), g("w"))
+    raise ValueError(kind)
+
+
+def max_abs_error(output, ref):
+    out = _f64(output)
+    if out.shape != ref.shape:
+        return float("inf")
+    return float(np.max(np.abs(out - ref))) if out.size else 0.0
+
+
+def is_suspicious(err, dtype, kind, ref):
+    limit = SUSPICIOUS.get(dtype, 1e-2)
+    if kind == "layer_norm_backward":   # dx scales with rstd and dy: relative check
+        limit *= max(1.0, float(np.max(np.abs(ref))) if ref.size else 1.0)
+    return not (err <= limit)

@@ -1,0 +1,143 @@
+"""Median timing of several callables, interleaved so drift hits them all alike.
+
+Method (per group of callables that are compared with each other):
+
+1. Warm-up: each callable runs ``warmup`` times (fewer if it is slow: warm-up
+   stops after ~0.1 s), then its per-call time is estimated.
+2. Batching: a callable faster than ``sample_time`` is timed in batches of
+   ``batch`` back-to-back calls so one sample lasts about ``sample_time``; the
+   sample's per-call time is batch time / batch.  Slow callables: batch = 1.
+3. Rounds: the callables take turns, ``rounds`` times.  In each turn a callable
+   gets one untimed warm call (after a short pause that lets other libraries'
+   spinning worker threads go to sleep), then samples until it has at least
+   ``min_iters / rounds`` samples *and* ``min_time / rounds`` seconds, or until
+   ``max_time / rounds`` seconds have passed (at least one sample).
+4. The result is the median of all per-call sample times (plus quartiles).
+
+The garbage collector is off while timing.  Callables are measured in the same
+process, in the same rounds, so ratios between them are taken from one run.
+"""
+from dataclasses import dataclass, asdict
+import gc
+import math
+import time
+
+import numpy as np
+
+_clock = time.perf_counter
+
+
+@dataclass
+class TimingConfig:
+    warmup: int = 3
+    min_iters: int = 20
+    min_time: float = 0.25      # seconds per callable (summed over rounds)
+    max_time: float = 1.0       # seconds per callable, cap (summed over rounds)
+    rounds: int = 3
+    sample_time: float = 2e-4   # tiny calls are batched up to this per sample
+    pause: float = 0.003        # seconds of sleep before each turn
+
+    @classmethod
+    def quick(cls):
+        return cls(warmup=1, min_iters=5, min_time=0.03, max_time=0.12, rounds=2,
+                   sample_time=1e-4, pause=0.002)
+
+
+@dataclass
+class Timing:
+    median: float   # seconds per call
+    q1: float
+    q3: float
+    best: float
+    samples: int
+    batch: int
+    calls: int
+
+    @property
+    def spread(self):
+        """Interquartile range relative to the median."""
+        return (self.q3 - self.q1) / self.median if self.median > 0 else float("nan")
+
+    def to_dict(self):
+        d = asdict(self)
+        d["spread"] = self.spread
+        return d
+
+
+def _calibrate(fn, cfg):
+    """Warm up ``fn``; return (batch size, estimated seconds per call)."""
+    t_start = _clock()
+    for i in range(max(1, cfg.warmup)):
+        fn()
+        if _clock() - t_start > 0.1:
+            break
+    t0 = _clock()
+    fn()
+    per_call = _clock() - t0
+    if per_call >= cfg.sample_time:
+        return 1, per_call
+    k = 8
+    while True:
+        t0 = _clock()
+        for _ in range(k):
+            fn()
+        dt = _clock() - t0
+        if dt >= cfg.sample_time or k >= 1 << 20:
+            break
+        k *= 4
+    per_call = dt / k
+    return max(1, math.ceil(cfg.sample_time / max(per_call, 1e-9))), per_call
+
+
+def _sample(fn, batch):
+    if batch == 1:
+        t0 = _clock()
+        fn()
+        return _clock() - t0
+    loop = range(batch)
+    t0 = _clock()
+    for _ in loop:
+        fn()
+    return (_clock() - t0) / batch
+
+
+def measure(fns, cfg):
+    """Time each callable of the dict ``fns``; return {key: Timing}."""
+    gc_was_enabled = gc.isenabled()
+    gc.disable()
+    try:
+        calib = {k: _calibrate(f, cfg) for k, f in fns.items()}
+        samples = {k: [] for k in fns}
+        calls = {k: 0 for k in fns}
+        rounds = max(1, cfg.rounds)
+        iters_per_round = math.ceil(cfg.min_iters / rounds)
+        time_per_round = cfg.min_time / rounds
+        cap_per_round = max(cfg.max_time, cfg.min_time) / rounds
+        for _ in range(rounds):
+            for k, f in fns.items():
+                batch, per_call = calib[k]
+                time.sleep(cfg.pause)
+                if per_call < 5e-3:    # slower calls do not fit in cache anyway
+                    f()
+                    calls[k] += 1
+                t_start = _clock()
+                n = 0
+                while True:
+                    samples[k].append(_sample(f, batch))
+                    n += 1
+                    elapsed = _clock() - t_start
+                    if n >= iters_per_round and elapsed >= time_per_round:
+                        break
+                    if elapsed >= cap_per_round:
+                        break
+                calls[k] += n * batch
+    finally:
+        if gc_was_enabled:
+            gc.enable()
+    out = {}
+    for k, s in samples.items():
+        a = np.asarray(s)
+        q1, med, q3 = np.percentile(a, [25, 50, 75])
+        out[k] = Timing(float(med), float(q1), float(q3), float(a.min()),
+                        len(s), calib[k][0], calls[k])
+    return out

@@ -1,0 +1,157 @@
+/* Shared machinery of the kernel templates.
+ *
+ * Each kernel source in src/kernels is a template compiled once per
+ * (SIMD level, dtype) by setup.py with:
+ *   -DLN_DT=<0..3>            enum ln_dtype of the stored data
+ *   -DLN_DT_NAME=f32|f64|f16|bf16
+ *   -DLN_ISA_NAME=baseline|avx2|avx512
+ *   -DLN_VECTOR_BYTES=16|32|64 width of one vector register at that level
+ * and the level's -m flags.  The vectors are GCC/Clang vector extensions, so
+ * the same source gives SSE2, AVX2+FMA or AVX-512 code (and portable code on
+ * other architectures).  This header defines, for the dtype being built:
+ *   E  storage type            C  compute type (float, or double for f64)
+ *   V  vector of C, VL lanes   VD vector of VL doubles (wide accumulators)
+ *   LOADV/STOREV/LOAD1/STORE1  conversions between storage and compute type
+ *   FN(name)                   ln_<name>_<dtype>_<isa>, the exported symbols
+ */
+#ifndef LAYERNORM_KERNEL_COMMON_H
+#define LAYERNORM_KERNEL_COMMON_H
+
+#include <stdint.h>
+#include <stdlib.h>
+#include <string.h>
+#include <math.h>
+#include "layernorm/layernorm.h"
+#include "layernorm/kernel_table.h"
+
+#if !defined(LN_DT) || !defined(LN_DT_NAME) || !defined(LN_ISA_NAME) || !defined(LN_VECTOR_BYTES)
+#error "kernel templates are compiled by setup.py with LN_DT, LN_DT_NAME, LN_ISA_NAME, LN_VECTOR_BYTES"
+#endif
+
+/* Preprocessor twins of enum ln_dtype (enums are invisible to #if). */
+#define LN_DT_FLOAT32 0
+#define LN_DT_FLOAT64 1
+#define LN_DT_FLOAT16 2
+#define LN_DT_BFLOAT16 3
+
+#define LN_CAT4_(a, b, c, d) a##_##b##_##c##_##d
+#define LN_CAT4(a, b, c, d) LN_CAT4_(a, b, c, d)
+#define FN(name) LN_CAT4(ln, name, LN_DT_NAME, LN_ISA_NAME)
+
+#if LN_DT == LN_DT_FLOAT64
+typedef double C;
+#else
+typedef float C;
+#endif
+
+#define VL ((int64_t)(LN_VECTOR_BYTES / sizeof(C)))
+typedef C V __attribute__((vector_size(LN_VECTOR_BYTES)));
+typedef double VD __attribute__((vector_size(LN_VECTOR_BYTES / sizeof(C) * sizeof(double))));
+
+static inline V vbroadcast(C c) { return (V){0} + c; }
+static inline V vload_c(const C *p) { V v; memcpy(&v, p, sizeof v); return v; }
+static inline void vstore_c(C *p, V v) { memcpy(p, &v, sizeof v); }
+static inline VD vd_load(const double *p) { VD v; memcpy(&v, p, sizeof v); return v; }
+static inline void vd_store(double *p, VD v) { memcpy(p, &v, sizeof v); }
+static inline VD vwiden(V v) { return __builtin_convertvector(v, VD); }
+
+#if LN_DT == LN_DT_FLOAT32
+typedef float E;
+static inline V LOADV(const E *p) { return vload_c(p); }
+static inline void STOREV(E *p, V v) { vstore_c(p, v); }
+static inline C LOAD1(const E *p) { return *p; }
+static inline void STORE1(E *p, C c) { *p = c; }
+
+#elif LN_DT == LN_DT_FLOAT64
+typedef double E;
+static inline V LOADV(const E *p) { return vload_c(p); }
+static inline void STOREV(E *p, V v) { vstore_c(p, v); }
+static inline C LOAD1(const E *p) { return *p; }
+static inline void STORE1(E *p, C c) { *p = c; }
+
+#elif LN_DT == LN_DT_FLOAT16
+/* F16C / AVX-512 convert in hardware; baseline x86-64 uses libgcc's exact
+ * software conversion (round to nearest even either way). */
+typedef _Float16 E;
+typedef _Float16 VH __attribute__((vector_size(LN_VECTOR_BYTES / 2)));
+static inline V LOADV(const E *p) { VH h; memcpy(&h, p, sizeof h); return __builtin_convertvector(h, V); }
+static inline void STOREV(E *p, V v) { VH h = __builtin_convertvector(v, VH); memcpy(p, &h, sizeof h); }
+static inline C LOAD1(const E *p) { return (C)*p; }
+static inline void STORE1(E *p, C c) { *p = (E)c; }
+
+#elif LN_DT == LN_DT_BFLOAT16
+/* bfloat16 is the top half of a float32: widen by a shift, narrow with
+ * round-to-nearest-even on the bits, NaNs kept quiet. */
+typedef uint16_t E;
+typedef uint16_t VB16 __attribute__((vector_size(LN_VECTOR_BYTES / 2)));
+typedef uint32_t VU32 __attribute__((vector_size(LN_VECTOR_BYTES)));
+typedef int32_t VI32 __attribute__((vector_size(LN_VECTOR_BYTES)));
+static inline V LOADV(const E *p)
+{
+    VB16 h; memcpy(&h, p, sizeof h);
+    VU32 w = __builtin_convertvector(h, VU32) << 16;
+    V v; memcpy(&v, &w, sizeof v); return v;
+}
+static inline void STOREV(E *p, V v)
+{
+    VU32 bits; memcpy(&bits, &v, sizeof bits);
+    VU32 rounded = (bits + 0x7FFFu + ((bits >> 16) & 1u)) >> 16;
+    VI32 is_nan = (bits & 0x7FFFFFFFu) > 0x7F800000u;
+    VU32 quiet = (bits >> 16) | 0x0040u;
+    VU32 out = (VU32)((is_nan & (VI32)quiet) | (~is_nan & (VI32)rounded));
+    VB16 h = __builtin_convertvector(out, VB16);
+    memcpy(p, &h, sizeof h);
+}
+static inline C LOAD1(const E *p) { uint32_t w = (uint32_t)*p << 16; C c; memcpy(&c, &w, sizeof c); return c; }
+static inline void STORE1(E *p, C c)
+{
+    uint32_t bits; memcpy(&bits, &c, sizeof bits);
+    if ((bits & 0x7FFFFFFFu) > 0x7F800000u) { *p = (E)((bits >> 16) | 0x0040u); return; }
+    *p = (E)((bits + 0x7FFFu + ((bits >> 16) & 1u)) >> 16);
+}
+#else
+#error "unknown LN_DT"
+#endif
+
+/* Four independent accumulators per lane hide the add/FMA latency. */
+#define LN_ACCUMULATORS 4
+/* Reductions along a row run over fixed blocks of this many elements whose
+ * partial results are merged in block order: the blocks, not the threads,
+ * decide the arithmetic, so any thread count gives the same bits. */
+#define LN_BLOCK 4096
+/* Fewer rows than this (and rows longer than one block) are split across
+ * threads by blocks; the choice depends on the shape only. */
+#define LN_SPLIT_BELOW_ROWS 16
+/* Below this many elements a call stays on one thread: waking threads costs
+ * more than it saves. */
+#define LN_PARALLEL_MIN_ELEMENTS 32768
+/* Width of the inner tile of the strided layout (elements). */
+#define LN_TILE 256
+
+#define LN_STEPS_PER_BLOCK (LN_BLOCK / (LN_VECTOR_BYTES / 8 * LN_ACCUMULATORS))
+
+static inline int ln_parallel_if(int64_t elements, int num_threads)
+{
+    return num_threads > 1 && elements >= LN_PARALLEL_MIN_ELEMENTS;
+}
+
+static inline C hsum(V v)
+{
+    /* fixed pairwise order, independent of the compiler's reduction choice */
+    C lanes[VL];
+    memcpy(lanes, &v, sizeof lanes);
+    for (int64_t width = VL / 2; width >= 1; width /= 2)
+        for (int64_t i = 0; i < width; i++) lanes[i] += lanes[i + width];
+    return lanes[0];
+}
+
+static inline double hsum_d(VD v)
+{
+    double lanes[VL];
+    memcpy(lanes, &v, sizeof lanes);
+    for (int64_t width = VL / 2; width >= 1; width /= 2)
+        for (int64_t i = 0; i < width; i++) lanes[i] += lanes[i + width];
+    return lanes[0];
+}
+
+#endif

@@ -1,0 +1,132 @@
+"""Build the layernorm extension: C kernels + Cython bindings.
+
+The kernels in src/kernels/ are templates compiled once per (SIMD level,
+dtype); only those objects get -mavx2/-mavx512* flags, the dispatcher is
+built for the baseline and picks a level at run time.  OpenMP is probed with
+a tiny program: without it the package builds serially with a warning.
+Set LAYERNORM_BUILD_SIMD=baseline to build the portable kernels only.
+"""
+import os
+import platform
+import shutil
+import sys
+import tempfile
+import warnings
+
+import numpy
+from Cython.Build import cythonize
+from setuptools import Extension, setup
+from setuptools.command.build_ext import build_ext
+
+KERNEL_TEMPLATES = [
+    "src/kernels/forward_rows.c",
+    "src/kernels/forward_strided.c",
+    "src/kernels/backward_rows.c",
+    "src/kernels/backward_strided.c",
+]
+DTYPES = {"f32": 0, "f64": 1, "f16": 2, "bf16": 3}
+IS_X86_64 = platform.machine().lower() in ("x86_64", "amd64")
+# level name -> (vector bytes, extra flags)
+SIMD_LEVELS = {
+    "baseline": (16, []),
+    "avx2": (32, ["-mavx2", "-mfma", "-mf16c"]),
+    "avx512": (64, ["-mavx512f", "-mavx512dq", "-mavx512bw", "-mavx512vl", "-mavx2", "-mfma", "-mf16c"]),
+}
+COMMON_FLAGS = ["-O3", "-std=gnu11", "-fno-math-errno", "-Wall", "-Wno-unknown-pragmas", "-Wno-psabi"]
+
+OPENMP_PROBE = r"""
+#include <omp.h>
+int main(void) { int n = 0;
+#pragma omp parallel reduction(+:n)
+  n += 1;
+  return n > 0 ? 0 : 1; }
+"""
+SIMD_PROBE = r"""
+typedef float v __attribute__((vector_size(64)));
+typedef _Float16 h __attribute__((vector_size(32)));
+int main(void) { v a = {0}; h b = __builtin_convertvector(a, h); return (int)b[0]; }
+"""
+
+
+def compiles(compiler, source, flags, link=False):
+    """True if `source` compiles (and links) with `flags`."""
+    tmp = tempfile.mkdtemp(prefix="layernorm-probe-")
+    try:
+        path = os.path.join(tmp, "probe.c")
+        with open(path, "w") as f:
+            f.write(source)
+        objects = compiler.compile([path], output_dir=tmp, extra_postargs=flags)
+        if link:
+            compiler.link_executable(objects, os.path.join(tmp, "probe"), extra_postargs=flags)
+        return True
+    except Exception:
+        return False
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+class build_ext_with_kernels(build_ext):
+    """Compiles the kernel templates per (SIMD level, dtype) and links them in."""
+
+    def build_extensions(self):
+        compiler = self.compiler
+        openmp = [] if os.environ.get("LAYERNORM_NO_OPENMP") else ["-fopenmp"]
+        if openmp and not compiles(compiler, OPENMP_PROBE, openmp, link=True):
+            warnings.warn("layernorm: the compiler has no OpenMP; building single-threaded kernels")
+            openmp = []
+        levels = ["baseline"]
+        if IS_X86_64 and os.environ.get("LAYERNORM_BUILD_SIMD", "all") != "baseline":
+            for level in ("avx2", "avx512"):
+                if compiles(compiler, SIMD_PROBE, COMMON_FLAGS + SIMD_LEVELS[level][1]):
+                    levels.append(level)
+                else:
+                    warnings.warn(f"layernorm: the compiler cannot build {level} kernels; skipping them")
+        print(f"layernorm: OpenMP {'on' if openmp else 'off'}; SIMD levels built: {', '.join(levels)}")
+        level_macros = [(f"LN_BUILD_{level.upper()}", "1") for level in levels if level != "baseline"]
+        for ext in self.extensions:
+            ext.extra_objects += self.compile_kernels(ext, levels, openmp)
+            ext.define_macros += level_macros
+            ext.extra_compile_args += COMMON_FLAGS + openmp
+            ext.extra_link_args += openmp
+        super().build_extensions()
+
+    def compile_kernels(self, ext, levels, openmp):
+        objects = []
+        for level in levels:
+            vector_bytes, flags = SIMD_LEVELS[level]
+            for dtype, code in DTYPES.items():
+                macros = [("LN_DT", str(code)), ("LN_DT_NAME", dtype), ("LN_ISA_NAME", level),
+                          ("LN_VECTOR_BYTES", str(vector_bytes))]
+                objects += self.compiler.compile(
+                    KERNEL_TEMPLATES,
+                    output_dir=os.path.join(self.build_temp, "kernels", level, dtype),
+                    macros=macros,
+                    include_dirs=ext.include_dirs,
+                    extra_postargs=COMMON_FLAGS + flags + openmp,
+                    depends=ext.depends,
+                )
+        return objects
+
+
+def extension():
+    headers = [os.path.join("include/layernorm", h) for h in os.listdir("include/layernorm")]
+    return Extension(
+        "layernorm._kernels",
+        sources=["src/layernorm/_kernels.pyx", "src/kernels/dispatch.c"],
+        include_dirs=["include", numpy.get_include()],
+        define_macros=[("NPY_NO_DEPRECATED_API", "NPY_1_7_API_VERSION")],
+        depends=headers + KERNEL_TEMPLATES,
+    )
+
+
+if sys.platform == "win32":
+    raise SystemExit("layernorm builds with GCC or Clang (vector extensions); MSVC is not supported")
+
+setup(
+    ext_modules=cythonize(
+        [extension()],
+        compiler_directives={"language_level": 3, "boundscheck": False, "wraparound": False,
+                             "cdivision": True, "initializedcheck": False},
+    ),
+    cmdclass={"build_ext": build_ext_with_kernels},
+)

@@ -1,0 +1,240 @@
+/* Backward of layer norm / RMS norm over the row layout x[rows][cols].
+ * Template: compiled once per (SIMD level, dtype).
+ *
+ *   xhat = (x - mean) * rstd           (RMS: mean = 0, rstd = 1/rms)
+ *   g    = dy * weight
+ *   dx   = rstd * (g - mean(g) - xhat * mean(g * xhat))   (RMS: no mean(g))
+ *   dweight = sum over rows of dy * xhat,  dbias = sum over rows of dy
+ *
+ * One visit per row: the two row sums, then dx and the row's share of
+ * dweight/dbias while x and dy are in cache.  dweight/dbias: rows are grouped
+ * in fixed row blocks (their size depends on the shape only); a block sums
+ * groups of LN_GROUP rows in the compute type, flushes them into its own
+ * float64 partial, and the partials are added in block order.  A few long
+ * rows are split across threads by column blocks instead.  Any thread count
+ * gives the same bits.
+ */
+#include "layernorm/kernel_common.h"
+
+/* Rows summed in the compute type before a flush into float64. */
+#define LN_GROUP 8
+/* Row blocks of the dweight/dbias reduction: at most this many ... */
+#define LN_MAX_ROW_BLOCKS 64
+/* ... and at most this many float64 partial values in all. */
+#define LN_MAX_PARTIALS (1 << 21)
+
+typedef struct { double sum_g, sum_g_xhat; } row_sums;
+
+static inline V grad_in(const C *weight, const E *dy, int64_t i)
+{
+    return weight ? LOADV(dy + i) * vload_c(weight + i) : LOADV(dy + i);
+}
+
+/* sum(g) and sum(g * xhat) over one block, in lanes with K accumulators. */
+static inline row_sums block_sums(const E *x, const E *dy, const C *weight, int64_t n, C mean, C rstd)
+{
+    enum { K = LN_ACCUMULATORS };
+    const V vmean = vbroadcast(mean), vrstd = vbroadcast(rstd);
+    V sg[K], sgx[K];
+    for (int k = 0; k < K; k++) sg[k] = sgx[k] = vbroadcast(0);
+    const int64_t step = VL * K, steps = n / step;
+    for (int64_t s = 0; s < steps; s++) {
+        for (int k = 0; k < K; k++) {
+            const int64_t i = s * step + k * VL;
+            const V g = grad_in(weight, dy, i);
+            const V xhat = (LOADV(x + i) - vmean) * vrstd;
+            sg[k] += g;
+            sgx[k] += g * xhat;
+        }
+    }
+    for (int width = K / 2; width >= 1; width /= 2)
+        for (int k = 0; k < width; k++) sg[k] += sg[k + width], sgx[k] += sgx[k + width];
+    C tail_g = 0, tail_gx = 0;
+    for (int64_t i = steps * step; i < n; i++) {
+        const C g = weight ? LOAD1(dy + i) * weight[i] : LOAD1(dy + i);
+        tail_g += g;
+        tail_gx += g * ((LOAD1(x + i) - mean) * rstd);
+    }
+    return (row_sums){(double)hsum(sg[0]) + tail_g, (double)hsum(sgx[0]) + tail_gx};
+}
+
+static inline row_sums sum_row(const E *x, const E *dy, const C *weight, int64_t cols, C mean, C rstd)
+{
+    row_sums total = {0, 0};
+    for (int64_t start = 0; start < cols; start += LN_BLOCK) {
+        const row_sums b = block_sums(x + start, dy + start, weight ? weight + start : NULL,
+                                      cols - start < LN_BLOCK ? cols - start : LN_BLOCK, mean, rstd);
+        total.sum_g += b.sum_g;
+        total.sum_g_xhat += b.sum_g_xhat;
+    }
+    return total;
+}
+
+/* dx over a span, and dy*xhat, dy added into acc_w/acc_b (if not NULL). */
+static inline void dx_span(const E *x, const E *dy, E *dx, const C *weight, int64_t n,
+                           C mean, C rstd, C mean_g, C mean_gx, C *acc_w, C *acc_b)
+{
+    const V vmean = vbroadcast(mean), vrstd = vbroadcast(rstd);
+    const V vmg = vbroadcast(mean_g), vmgx = vbroadcast(mean_gx);
+    int64_t i = 0;
+    for (; i + VL <= n; i += VL) {
+        const V d = LOADV(dy + i);
+        const V g = weight ? d * vload_c(weight + i) : d;
+        const V xhat = (LOADV(x + i) - vmean) * vrstd;
+        STOREV(dx + i, vrstd * ((g - vmg) - xhat * vmgx));
+        if (acc_w) {
+            vstore_c(acc_w + i, vload_c(acc_w + i) + d * xhat);
+            vstore_c(acc_b + i, vload_c(acc_b + i) + d);
+        }
+    }
+    for (; i < n; i++) {
+        const C d = LOAD1(dy + i);
+        const C g = weight ? d * weight[i] : d;
+        const C xhat = (LOAD1(x + i) - mean) * rstd;
+        STORE1(dx + i, rstd * ((g - mean_g) - xhat * mean_gx));
+        if (acc_w) { acc_w[i] += d * xhat; acc_b[i] += d; }
+    }
+}
+
+typedef struct { C mean, rstd, mean_g, mean_gx; } row_coefficients;
+
+static inline row_coefficients coefficients(const ln_backward_args *a, int64_t r, row_sums s)
+{
+    const int64_t cols = a->layout.reduce;
+    const int rms = a->mode == LN_MODE_RMS_NORM;
+    return (row_coefficients){
+        rms ? (C)0 : ((const C *)a->mean)[r], ((const C *)a->rstd)[r],
+        rms ? (C)0 : (C)(s.sum_g / (double)cols), (C)(s.sum_g_xhat / (double)cols)};
+}
+
+static inline C row_mean(const ln_backward_args *a, int64_t r)
+{
+    return a->mode == LN_MODE_RMS_NORM ? (C)0 : ((const C *)a->mean)[r];
+}
+
+static void flush(double *partial, C *acc, int64_t n)
+{
+    for (int64_t i = 0; i < n; i++) { partial[i] += (double)acc[i]; acc[i] = 0; }
+}
+
+/* Many rows: threads take row blocks; each block owns a float64 partial. */
+static int backward_row_blocks(const ln_backward_args *a)
+{
+    const int64_t rows = a->layout.outer, cols = a->layout.reduce;
+    const C *weight = a->weight;
+    const int want_params = a->dweight || a->dbias;
+    int64_t blocks = rows < LN_MAX_ROW_BLOCKS ? rows : LN_MAX_ROW_BLOCKS;
+    if (blocks * cols > LN_MAX_PARTIALS) blocks = LN_MAX_PARTIALS / cols > 1 ? LN_MAX_PARTIALS / cols : 1;
+    const int64_t rows_per_block = (rows + blocks - 1) / blocks;
+    blocks = (rows + rows_per_block - 1) / rows_per_block;
+    double *partial = want_params ? calloc((size_t)(2 * blocks * cols), sizeof *partial) : NULL;
+    if (want_params && !partial) return LN_ERROR_NO_MEMORY;
+    int status = LN_OK;
+
+    #pragma omp parallel num_threads(a->num_threads) if (ln_parallel_if(rows * cols, a->num_threads))
+    {
+        C *acc = want_params ? calloc((size_t)(2 * cols), sizeof *acc) : NULL;   /* per thread */
+        if (want_params && !acc) {
+            #pragma omp atomic write
+            status = LN_ERROR_NO_MEMORY;
+        }
+        #pragma omp for schedule(static)
+        for (int64_t b = 0; b < blocks; b++) {
+            if (want_params && !acc) continue;
+            const int64_t first = b * rows_per_block;
+            const int64_t last = first + rows_per_block < rows ? first + rows_per_block : rows;
+            for (int64_t r = first; r < last; r++) {
+                const E *x = (const E *)a->x + r * cols, *dy = (const E *)a->dy + r * cols;
+                const C mean = row_mean(a, r), rstd = ((const C *)a->rstd)[r];
+                const row_coefficients c = coefficients(a, r, sum_row(x, dy, weight, cols, mean, rstd));
+                dx_span(x, dy, (E *)a->dx + r * cols, weight, cols, c.mean, c.rstd, c.mean_g, c.mean_gx,
+                        acc, acc ? acc + cols : NULL);
+                if (acc && ((r - first + 1) % LN_GROUP == 0 || r + 1 == last)) {
+                    flush(partial + 2 * b * cols, acc, cols);
+                    flush(partial + (2 * b + 1) * cols, acc + cols, cols);
+                }
+            }
+        }
+        free(acc);
+    }
+    if (status != LN_OK || !want_params) { free(partial); return status; }
+
+    #pragma omp parallel for schedule(static) num_threads(a->num_threads) if (ln_parallel_if(blocks * cols, a->num_threads))
+    for (int64_t j = 0; j < cols; j++) {
+        double w = 0, bsum = 0;
+        for (int64_t b = 0; b < blocks; b++) {
+            w += partial[2 * b * cols + j];
+            bsum += partial[(2 * b + 1) * cols + j];
+        }
+        if (a->dweight) ((C *)a->dweight)[j] = (C)w;
+        if (a->dbias) ((C *)a->dbias)[j] = (C)bsum;
+    }
+    free(partial);
+    return LN_OK;
+}
+
+/* A few long rows: row sums by column blocks in parallel, merged in order;
+ * then dx and dweight/dbias by column blocks, rows in order within each. */
+static int backward_split_rows(const ln_backward_args *a)
+{
+    const int64_t rows = a->layout.outer, cols = a->layout.reduce;
+    const int64_t blocks_per_row = (cols + LN_BLOCK - 1) / LN_BLOCK, items = rows * blocks_per_row;
+    const C *weight = a->weight;
+    row_sums *partial = malloc((size_t)items * sizeof *partial);
+    row_coefficients *coef = malloc((size_t)rows * sizeof *coef);
+    if (!partial || !coef) { free(partial); free(coef); return LN_ERROR_NO_MEMORY; }
+
+    #pragma omp parallel num_threads(a->num_threads) if (ln_parallel_if(rows * cols, a->num_threads))
+    {
+        #pragma omp for schedule(static)
+        for (int64_t item = 0; item < items; item++) {
+            const int64_t r = item / blocks_per_row, start = (item % blocks_per_row) * LN_BLOCK;
+            const int64_t offset = r * cols + start;
+            partial[item] = block_sums((const E *)a->x + offset, (const E *)a->dy + offset,
+                                       weight ? weight + start : NULL,
+                                       cols - start < LN_BLOCK ? cols - start : LN_BLOCK,
+                                       row_mean(a, r), ((const C *)a->rstd)[r]);
+        }
+        #pragma omp single
+        for (int64_t r = 0; r < rows; r++) {
+            row_sums s = {0, 0};
+            for (int64_t b = 0; b < blocks_per_row; b++) {
+                s.sum_g += partial[r * blocks_per_row + b].sum_g;
+                s.sum_g_xhat += partial[r * blocks_per_row + b].sum_g_xhat;
+            }
+            coef[r] = coefficients(a, r, s);
+        }
+        C acc[2 * LN_BLOCK];
+        #pragma omp for schedule(static)
+        for (int64_t b = 0; b < blocks_per_row; b++) {
+            const int64_t start = b * LN_BLOCK, len = cols - start < LN_BLOCK ? cols - start : LN_BLOCK;
+            double sums[2 * LN_BLOCK];
+            memset(acc, 0, sizeof acc);
+            memset(sums, 0, sizeof sums);
+            for (int64_t r = 0; r < rows; r++) {
+                const int64_t offset = r * cols + start;
+                const row_coefficients c = coef[r];
+                dx_span((const E *)a->x + offset, (const E *)a->dy + offset, (E *)a->dx + offset,
+                        weight ? weight + start : NULL, len, c.mean, c.rstd, c.mean_g, c.mean_gx, acc, acc + LN_BLOCK);
+                flush(sums, acc, len);
+                flush(sums + LN_BLOCK, acc + LN_BLOCK, len);
+            }
+            for (int64_t j = 0; j < len; j++) {
+                if (a->dweight) ((C *)a->dweight)[start + j] = (C)sums[j];
+                if (a->dbias) ((C *)a->dbias)[start + j] = (C)sums[LN_BLOCK + j];
+            }
+        }
+    }
+    free(partial);
+    free(coef);
+    return LN_OK;
+}
+
+int FN(backward_rows)(const ln_backward_args *a)
+{
+    const int64_t rows = a->layout.outer, cols = a->layout.reduce;
+    if (rows < 0 || cols <= 0 || a->layout.inner != 1 || !a->rstd) return LN_ERROR_ARGUMENT;
+    if (a->mode == LN_MODE_LAYER_NORM && !a->mean) return LN_ERROR_ARGUMENT;
+    if (rows < LN_SPLIT_BELOW_ROWS && cols > LN_BLOCK) return backward_split_rows(a);
+    return backward_row_blocks(a);
+}

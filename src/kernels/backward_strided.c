@@ -1,0 +1,147 @@
+/* Backward of layer norm / RMS norm over the strided layout
+ * x[outer][reduce][inner], inner > 1, without a transposed copy.
+ * Template: compiled once per (SIMD level, dtype).  Formulas as in
+ * backward_rows.c, with weight[r] shared by a whole row of `inner`.
+ *
+ * Work items are (group of outer indices, tile of LN_TILE inner positions);
+ * the group size depends on the shape only.  Pass 1 sums g and g*xhat down
+ * `reduce` per position (float64); pass 2 writes dx and adds each row's
+ * dy*xhat and dy into the item's float64 partial of dweight/dbias; partials
+ * are added in item order.  Any thread count gives the same bits.
+ */
+#include "layernorm/kernel_common.h"
+
+#define LN_MAX_PARTIALS (1 << 21)
+
+typedef struct {
+    C mean[LN_TILE], rstd[LN_TILE], mean_g[LN_TILE], mean_gx[LN_TILE];
+    double sum_g[LN_TILE], sum_gx[LN_TILE];
+} tile_state;
+
+static void load_statistics(const ln_backward_args *a, tile_state *st, int64_t stat, int64_t width)
+{
+    for (int64_t i = 0; i < width; i++) {
+        st->mean[i] = a->mode == LN_MODE_RMS_NORM ? (C)0 : ((const C *)a->mean)[stat + i];
+        st->rstd[i] = ((const C *)a->rstd)[stat + i];
+        st->sum_g[i] = st->sum_gx[i] = 0;
+    }
+}
+
+static inline void sum_row(tile_state *st, const E *x, const E *dy, C w, int64_t width)
+{
+    const V vw = vbroadcast(w);
+    int64_t i = 0;
+    for (; i + VL <= width; i += VL) {
+        const V g = LOADV(dy + i) * vw;
+        const V xhat = (LOADV(x + i) - vload_c(st->mean + i)) * vload_c(st->rstd + i);
+        vd_store(st->sum_g + i, vd_load(st->sum_g + i) + vwiden(g));
+        vd_store(st->sum_gx + i, vd_load(st->sum_gx + i) + vwiden(g * xhat));
+    }
+    for (; i < width; i++) {
+        const C g = LOAD1(dy + i) * w;
+        st->sum_g[i] += g;
+        st->sum_gx[i] += g * ((LOAD1(x + i) - st->mean[i]) * st->rstd[i]);
+    }
+}
+
+/* dx for one row of the tile; returns sum(dy * xhat) and sum(dy) of the row. */
+static inline void dx_row(const tile_state *st, const E *x, const E *dy, E *dx, C w, int64_t width,
+                          double *dweight, double *dbias)
+{
+    const V vw = vbroadcast(w);
+    V acc_w = vbroadcast(0), acc_b = vbroadcast(0);
+    int64_t i = 0;
+    for (; i + VL <= width; i += VL) {
+        const V d = LOADV(dy + i);
+        const V rstd = vload_c(st->rstd + i);
+        const V xhat = (LOADV(x + i) - vload_c(st->mean + i)) * rstd;
+        STOREV(dx + i, rstd * ((d * vw - vload_c(st->mean_g + i)) - xhat * vload_c(st->mean_gx + i)));
+        acc_w += d * xhat;
+        acc_b += d;
+    }
+    C tail_w = 0, tail_b = 0;
+    for (; i < width; i++) {
+        const C d = LOAD1(dy + i);
+        const C xhat = (LOAD1(x + i) - st->mean[i]) * st->rstd[i];
+        STORE1(dx + i, st->rstd[i] * ((d * w - st->mean_g[i]) - xhat * st->mean_gx[i]));
+        tail_w += d * xhat;
+        tail_b += d;
+    }
+    *dweight += (double)hsum(acc_w) + tail_w;
+    *dbias += (double)hsum(acc_b) + tail_b;
+}
+
+static void backward_tile(const ln_backward_args *a, int64_t o, int64_t i0, int64_t width,
+                          tile_state *st, double *dweight, double *dbias)
+{
+    const int64_t reduce = a->layout.reduce, inner = a->layout.inner;
+    const int64_t base = o * reduce * inner + i0;
+    const C *weight = a->weight;
+    load_statistics(a, st, o * inner + i0, width);
+    for (int64_t r = 0; r < reduce; r++) {
+        const int64_t offset = base + r * inner;
+        sum_row(st, (const E *)a->x + offset, (const E *)a->dy + offset, weight ? weight[r] : 1, width);
+    }
+    for (int64_t i = 0; i < width; i++) {
+        st->mean_g[i] = a->mode == LN_MODE_RMS_NORM ? (C)0 : (C)(st->sum_g[i] / (double)reduce);
+        st->mean_gx[i] = (C)(st->sum_gx[i] / (double)reduce);
+    }
+    for (int64_t r = 0; r < reduce; r++) {
+        const int64_t offset = base + r * inner;
+        dx_row(st, (const E *)a->x + offset, (const E *)a->dy + offset, (E *)a->dx + offset,
+               weight ? weight[r] : 1, width, dweight + r, dbias + r);
+    }
+}
+
+int FN(backward_strided)(const ln_backward_args *a)
+{
+    const int64_t outer = a->layout.outer, reduce = a->layout.reduce, inner = a->layout.inner;
+    if (outer < 0 || reduce <= 0 || inner < 1 || !a->rstd) return LN_ERROR_ARGUMENT;
+    if (a->mode == LN_MODE_LAYER_NORM && !a->mean) return LN_ERROR_ARGUMENT;
+    const int64_t tiles = (inner + LN_TILE - 1) / LN_TILE;
+    /* Items hold ceil(outer / groups) outer indices each, so that the float64
+     * partials (2 * reduce per item) stay within LN_MAX_PARTIALS. */
+    int64_t groups = outer;
+    if (groups * tiles * reduce * 2 > LN_MAX_PARTIALS) {
+        groups = LN_MAX_PARTIALS / (tiles * reduce * 2);
+        if (groups < 1) groups = 1;
+    }
+    const int64_t per_group = groups ? (outer + groups - 1) / groups : 0;
+    if (per_group) groups = (outer + per_group - 1) / per_group;
+    const int64_t items = groups * tiles;
+    double *partial = calloc((size_t)(2 * reduce * (items ? items : 1)), sizeof *partial);
+    if (!partial) return LN_ERROR_NO_MEMORY;
+    int status = LN_OK;
+
+    #pragma omp parallel num_threads(a->num_threads) if (ln_parallel_if(outer * reduce * inner, a->num_threads))
+    {
+        tile_state *st = malloc(sizeof *st);   /* once per thread, not per item */
+        if (!st) {
+            #pragma omp atomic write
+            status = LN_ERROR_NO_MEMORY;
+        }
+        #pragma omp for schedule(static)
+        for (int64_t item = 0; item < items; item++) {
+            if (!st) continue;
+            const int64_t g = item / tiles, i0 = (item % tiles) * LN_TILE;
+            const int64_t width = inner - i0 < LN_TILE ? inner - i0 : LN_TILE;
+            const int64_t first = g * per_group, last = first + per_group < outer ? first + per_group : outer;
+            double *dweight = partial + 2 * item * reduce, *dbias = dweight + reduce;
+            for (int64_t o = first; o < last; o++) backward_tile(a, o, i0, width, st, dweight, dbias);
+        }
+        free(st);
+    }
+    if (status == LN_OK) {
+        for (int64_t r = 0; r < reduce; r++) {
+            double w = 0, b = 0;
+            for (int64_t item = 0; item < items; item++) {
+                w += partial[2 * item * reduce + r];
+                b += partial[(2 * item + 1) * reduce + r];
+            }
+            if (a->dweight) ((C *)a->dweight)[r] = (C)w;
+            if (a->dbias) ((C *)a->dbias)[r] = (C)b;
+        }
+    }
+    free(partial);
+    return status;
+}

@@ -1,0 +1,141 @@
+/* Forward layer norm / RMS norm over the row layout x[rows][cols]
+ * (normalized axes trailing and contiguous), with the optional fused
+ * residual add.  Template: compiled once per (SIMD level, dtype).
+ *
+ * Each row's statistics are merged from fixed LN_BLOCK-element blocks in
+ * block order, then the row is normalized while it is still in cache.  Many
+ * rows: threads take whole rows.  A few long rows: threads take blocks, the
+ * block moments are merged in order, then threads normalize blocks.  Both give
+ * the same bits for any thread count.
+ */
+#include "layernorm/kernel_common.h"
+#include "layernorm/moments.h"
+#include "layernorm/spans.h"
+
+typedef struct { C hi, lo, scale; } row_transform;
+
+/* Turn merged moments into the normalize-pass constants and the outputs. */
+static inline row_transform finish_layer_norm(ln_moments m, C shift, double eps, C *mean_out, C *rstd_out)
+{
+    const double rstd = 1.0 / sqrt(m.m2 / m.n + eps);
+    if (mean_out) *mean_out = (C)((double)shift + m.mean);
+    if (rstd_out) *rstd_out = (C)rstd;
+    return (row_transform){shift, (C)m.mean, (C)rstd};
+}
+
+static inline row_transform finish_rms_norm(double sum_squares, int64_t n, double eps, C *rrms_out)
+{
+    const double rrms = 1.0 / sqrt(sum_squares / (double)n + eps);
+    if (rrms_out) *rrms_out = (C)rrms;
+    return (row_transform){0, 0, (C)rrms};
+}
+
+/* The source of row r's statistics: x, or the stored sum x + residual. */
+static inline const E *row_source(const ln_forward_args *a, int64_t offset)
+{
+    return a->residual ? (const E *)a->sum_out + offset : (const E *)a->x + offset;
+}
+
+/* The row's first stored value, the shift of its Welford moments.  Read it
+ * before the fused add writes sum_out, which may alias the residual. */
+static inline C row_shift(const ln_forward_args *a, int64_t offset)
+{
+    const E *x = (const E *)a->x + offset;
+    return a->residual ? rounded_sum(x, (const E *)a->residual + offset) : LOAD1(x);
+}
+
+static void forward_one_row(const ln_forward_args *a, int64_t r, const C *recip)
+{
+    const int64_t cols = a->layout.reduce, offset = r * cols;
+    C *mean_out = a->mean ? (C *)a->mean + r : NULL;
+    C *rstd_out = a->rstd ? (C *)a->rstd + r : NULL;
+    const C shift = a->mode == LN_MODE_RMS_NORM ? 0 : row_shift(a, offset);
+    if (a->residual)
+        add_span((const E *)a->x + offset, (const E *)a->residual + offset, (E *)a->sum_out + offset, cols);
+    const E *src = row_source(a, offset);
+    row_transform t;
+    if (a->mode == LN_MODE_RMS_NORM) {
+        double sum_squares = 0;
+        for (int64_t start = 0; start < cols; start += LN_BLOCK)
+            sum_squares += block_sum_squares(src + start, cols - start < LN_BLOCK ? cols - start : LN_BLOCK);
+        t = finish_rms_norm(sum_squares, cols, a->eps, rstd_out);
+    } else {
+        ln_moments m = {0, 0, 0};
+        for (int64_t start = 0; start < cols; start += LN_BLOCK)
+            chan_merge(&m, block_welford(src + start, cols - start < LN_BLOCK ? cols - start : LN_BLOCK, shift, recip));
+        t = finish_layer_norm(m, shift, a->eps, mean_out, rstd_out);
+    }
+    normalize_span(src, (E *)a->y + offset, cols, t.hi, t.lo, t.scale,
+                   (const C *)a->weight, (const C *)a->bias);
+}
+
+/* A few long rows: blocks of every row are spread over the threads. */
+static int forward_split_rows(const ln_forward_args *a, const C *recip)
+{
+    const int64_t rows = a->layout.outer, cols = a->layout.reduce;
+    const int64_t blocks_per_row = (cols + LN_BLOCK - 1) / LN_BLOCK;
+    const int64_t items = rows * blocks_per_row;
+    ln_moments *partial = malloc((size_t)items * sizeof *partial);
+    row_transform *transform = malloc((size_t)rows * sizeof *transform);
+    if (!partial || !transform) { free(partial); free(transform); return LN_ERROR_NO_MEMORY; }
+    const int rms = a->mode == LN_MODE_RMS_NORM;
+    for (int64_t r = 0; r < rows; r++) transform[r].hi = rms ? 0 : row_shift(a, r * cols);
+
+    #pragma omp parallel num_threads(a->num_threads) if (ln_parallel_if(rows * cols, a->num_threads))
+    {
+        #pragma omp for schedule(static)
+        for (int64_t item = 0; item < items; item++) {
+            const int64_t r = item / blocks_per_row, start = (item % blocks_per_row) * LN_BLOCK;
+            const int64_t len = cols - start < LN_BLOCK ? cols - start : LN_BLOCK;
+            const int64_t offset = r * cols + start;
+            if (a->residual)
+                add_span((const E *)a->x + offset, (const E *)a->residual + offset, (E *)a->sum_out + offset, len);
+            const E *src = row_source(a, offset);
+            if (rms)
+                partial[item] = (ln_moments){(double)len, block_sum_squares(src, len), 0};
+            else
+                partial[item] = block_welford(src, len, transform[r].hi, recip);
+        }
+        #pragma omp single
+        for (int64_t r = 0; r < rows; r++) {
+            C *mean_out = a->mean ? (C *)a->mean + r : NULL;
+            C *rstd_out = a->rstd ? (C *)a->rstd + r : NULL;
+            const ln_moments *p = partial + r * blocks_per_row;
+            if (rms) {
+                double sum_squares = 0;
+                for (int64_t b = 0; b < blocks_per_row; b++) sum_squares += p[b].mean;
+                transform[r] = finish_rms_norm(sum_squares, cols, a->eps, rstd_out);
+            } else {
+                ln_moments m = {0, 0, 0};
+                for (int64_t b = 0; b < blocks_per_row; b++) chan_merge(&m, p[b]);
+                transform[r] = finish_layer_norm(m, transform[r].hi, a->eps, mean_out, rstd_out);
+            }
+        }
+        #pragma omp for schedule(static)
+        for (int64_t item = 0; item < items; item++) {
+            const int64_t r = item / blocks_per_row, start = (item % blocks_per_row) * LN_BLOCK;
+            const int64_t len = cols - start < LN_BLOCK ? cols - start : LN_BLOCK;
+            const row_transform t = transform[r];
+            normalize_span(row_source(a, r * cols + start), (E *)a->y + r * cols + start, len, t.hi, t.lo, t.scale,
+                           a->weight ? (const C *)a->weight + start : NULL,
+                           a->bias ? (const C *)a->bias + start : NULL);
+        }
+    }
+    free(partial);
+    free(transform);
+    return LN_OK;
+}
+
+int FN(forward_rows)(const ln_forward_args *a)
+{
+    const int64_t rows = a->layout.outer, cols = a->layout.reduce;
+    if (rows < 0 || cols <= 0 || a->layout.inner != 1) return LN_ERROR_ARGUMENT;
+    if (a->residual && !a->sum_out) return LN_ERROR_ARGUMENT;
+    C recip[LN_STEPS_PER_BLOCK];
+    fill_reciprocals(recip);
+    if (rows < LN_SPLIT_BELOW_ROWS && cols > LN_BLOCK) return forward_split_rows(a, recip);
+
+    #pragma omp parallel for schedule(static) num_threads(a->num_threads) if (ln_parallel_if(rows * cols, a->num_threads))
+    for (int64_t r = 0; r < rows; r++) forward_one_row(a, r, recip);
+    return LN_OK;
+}
