@@ -2,8 +2,9 @@
 
 Method (per group of callables that are compared with each other):
 
-1. Warm-up: each callable runs ``warmup`` times (fewer if it is slow: warm-up
-   stops after ~0.1 s), then its per-call time is estimated.
+1. Warm-up: each callable has already run once (its output is checked before
+   timing); it runs ``warmup`` more times (fewer if it is slow: warm-up stops
+   after ~0.1 s), then its per-call time is estimated.
 2. Batching: a callable faster than ``sample_time`` is timed in batches of
    ``batch`` back-to-back calls so one sample lasts about ``sample_time``; the
    sample's per-call time is batch time / batch.  Slow callables: batch = 1.
@@ -29,7 +30,7 @@ _clock = time.perf_counter
 
 @dataclass
 class TimingConfig:
-    warmup: int = 3
+    warmup: int = 2             # calls after the (untimed) output-check call
     min_iters: int = 20
     min_time: float = 0.25      # seconds per callable (summed over rounds)
     max_time: float = 1.0       # seconds per callable, cap (summed over rounds)
@@ -39,7 +40,7 @@ class TimingConfig:
 
     @classmethod
     def quick(cls):
-        return cls(warmup=1, min_iters=5, min_time=0.03, max_time=0.12, rounds=2,
+        return cls(warmup=0, min_iters=4, min_time=0.02, max_time=0.08, rounds=2,
                    sample_time=1e-4, pause=0.002)
 
 
@@ -65,9 +66,14 @@ class Timing:
 
 
 def _calibrate(fn, cfg):
-    """Warm up ``fn``; return (batch size, estimated seconds per call)."""
+    """Warm up ``fn``; return (batch size, seconds per call, first sample or None).
+
+    The caller has already run ``fn`` once (to check its output), so warm-up
+    starts from a warm call.  For a slow callable (batch 1) the timed
+    calibration call is kept as its first sample.
+    """
     t_start = _clock()
-    for i in range(max(1, cfg.warmup)):
+    for _ in range(cfg.warmup):
         fn()
         if _clock() - t_start > 0.1:
             break
@@ -75,7 +81,7 @@ def _calibrate(fn, cfg):
     fn()
     per_call = _clock() - t0
     if per_call >= cfg.sample_time:
-        return 1, per_call
+        return 1, per_call, per_call
     k = 8
     while True:
         t0 = _clock()
@@ -86,7 +92,7 @@ def _calibrate(fn, cfg):
             break
         k *= 4
     per_call = dt / k
-    return max(1, math.ceil(cfg.sample_time / max(per_call, 1e-9))), per_call
+    return max(1, math.ceil(cfg.sample_time / max(per_call, 1e-9))), per_call, None
 
 
 def _sample(fn, batch):
@@ -107,15 +113,15 @@ def measure(fns, cfg):
     gc.disable()
     try:
         calib = {k: _calibrate(f, cfg) for k, f in fns.items()}
-        samples = {k: [] for k in fns}
-        calls = {k: 0 for k in fns}
+        samples = {k: [] if c[2] is None else [c[2]] for k, c in calib.items()}
+        calls = {k: 0 if c[2] is None else 1 for k, c in calib.items()}
         rounds = max(1, cfg.rounds)
         iters_per_round = math.ceil(cfg.min_iters / rounds)
         time_per_round = cfg.min_time / rounds
         cap_per_round = max(cfg.max_time, cfg.min_time) / rounds
         for _ in range(rounds):
             for k, f in fns.items():
-                batch, per_call = calib[k]
+                batch, per_call, _ = calib[k]
                 time.sleep(cfg.pause)
                 if per_call < 5e-3:    # slower calls do not fit in cache anyway
                     f()

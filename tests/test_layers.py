@@ -380,11 +380,15 @@ def test_unique_auto_names_and_invalid_names():
 
 
 def test_auto_names_sequence_in_fresh_process():
+    import os
     import subprocess
     import sys
     code = ("from layernorm import LayerNormalization as L, RMSNormalization as R, Sequential as S;"
             "print([L().name, L().name, L().name, R().name, S().name, S().name])")
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    package_parent = os.path.dirname(os.path.dirname(os.path.abspath(ln.__file__)))
+    env = dict(os.environ, PYTHONPATH=package_parent + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
+                         env=env).stdout
     assert eval(out) == ["layer_normalization", "layer_normalization_1", "layer_normalization_2",
                          "rms_normalization", "sequential", "sequential_1"]
 
@@ -535,6 +539,20 @@ def test_backward_errors():
     layer(np.zeros((2, 3)))
     with pytest.raises(ValueError, match="dy"):
         layer.backward(np.zeros((3, 2)))
+
+
+def test_backward_converts_dy_and_keeps_canonical_axes_for_other_ranks():
+    rng = np.random.default_rng(16)
+    layer = LayerNormalization()  # axis -1 -> [1] on rank 2, then fixed like Keras
+    layer.build((None, 4))
+    x3 = rng.normal(size=(2, 4, 3)).astype(np.float32)
+    np.testing.assert_allclose(layer(x3), keras_layer_norm(x3, 1), atol=1e-5)
+    dy = rng.normal(size=x3.shape)  # float64 dy for a float32 input
+    dx = layer.backward(dy)
+    assert dx.dtype == np.float32 and dx.shape == x3.shape
+    expected = ln.layer_norm_backward(dy.astype(np.float32), x3, *ln.layer_norm(
+        x3, 1, layer.gamma, layer.beta, 1e-3, return_stats=True)[1:], axis=1, weight=layer.gamma)[0]
+    np.testing.assert_allclose(dx, expected, atol=1e-6)
 
 
 def test_sgd_lowers_regression_loss():

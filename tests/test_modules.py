@@ -255,6 +255,8 @@ def test_backward_errors():
     m(np.zeros((2, 3)))
     with pytest.raises(ValueError, match="dy"):
         m.backward(np.zeros((2, 4)))
+    m(np.ones((2, 3), dtype=np.float32))
+    assert m.backward(np.ones((2, 3), dtype=np.float64)).dtype == np.float32  # dy follows x's dtype
 
 
 def test_sgd_lowers_regression_loss():
@@ -340,6 +342,12 @@ def test_torch_state_dict_shapes_and_errors_agree():
     # same wording; PyTorch omits the space in "size[...]"
     assert str(our_error.value).replace(" ", "") == str(torch_error.value).replace(" ", "")
     assert repr(torch.nn.LayerNorm(10)).startswith(repr(LayerNorm(10))[:-1])
+
+
+def test_torch_dtype_argument():
+    torch = pytest.importorskip("torch")
+    assert LayerNorm(3, dtype=torch.float64).weight.dtype == np.float64
+    assert RMSNorm(3, dtype=torch.float16).weight.dtype == np.float16
 
 
 def test_package_exports():

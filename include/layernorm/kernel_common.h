@@ -119,8 +119,9 @@ static inline void STORE1(E *p, C c)
  * partial results are merged in block order: the blocks, not the threads,
  * decide the arithmetic, so any thread count gives the same bits. */
 #define LN_BLOCK 4096
-/* Fewer rows than this (and rows longer than one block) are split across
- * threads by blocks; the choice depends on the shape only. */
+/* Fewer rows than this (rows longer than one block, and a call big enough
+ * to be parallel) are split across threads by blocks.  The choice depends on
+ * the shape only, and both ways merge the same blocks in the same order. */
 #define LN_SPLIT_BELOW_ROWS 16
 /* Below this many elements a call stays on one thread: waking threads costs
  * more than it saves. */

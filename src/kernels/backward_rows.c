@@ -235,6 +235,7 @@ int FN(backward_rows)(const ln_backward_args *a)
     const int64_t rows = a->layout.outer, cols = a->layout.reduce;
     if (rows < 0 || cols <= 0 || a->layout.inner != 1 || !a->rstd) return LN_ERROR_ARGUMENT;
     if (a->mode == LN_MODE_LAYER_NORM && !a->mean) return LN_ERROR_ARGUMENT;
-    if (rows < LN_SPLIT_BELOW_ROWS && cols > LN_BLOCK) return backward_split_rows(a);
+    if (rows < LN_SPLIT_BELOW_ROWS && cols > LN_BLOCK && rows * cols >= LN_PARALLEL_MIN_ELEMENTS)
+        return backward_split_rows(a);
     return backward_row_blocks(a);
 }

@@ -131,11 +131,16 @@ int FN(forward_rows)(const ln_forward_args *a)
     const int64_t rows = a->layout.outer, cols = a->layout.reduce;
     if (rows < 0 || cols <= 0 || a->layout.inner != 1) return LN_ERROR_ARGUMENT;
     if (a->residual && !a->sum_out) return LN_ERROR_ARGUMENT;
-    C recip[LN_STEPS_PER_BLOCK];
-    fill_reciprocals(recip);
-    if (rows < LN_SPLIT_BELOW_ROWS && cols > LN_BLOCK) return forward_split_rows(a, recip);
-
-    #pragma omp parallel for schedule(static) num_threads(a->num_threads) if (ln_parallel_if(rows * cols, a->num_threads))
+    C recip[LN_STEPS_PER_BLOCK + 1];
+    fill_reciprocals(recip, cols);
+    if (rows < LN_SPLIT_BELOW_ROWS && cols > LN_BLOCK && rows * cols >= LN_PARALLEL_MIN_ELEMENTS)
+        return forward_split_rows(a, recip);
+    if (!ln_parallel_if(rows * cols, a->num_threads)) {
+        /* small call: no OpenMP region at all, its start-up costs microseconds */
+        for (int64_t r = 0; r < rows; r++) forward_one_row(a, r, recip);
+        return LN_OK;
+    }
+    #pragma omp parallel for schedule(static) num_threads(a->num_threads)
     for (int64_t r = 0; r < rows; r++) forward_one_row(a, r, recip);
     return LN_OK;
 }

@@ -28,26 +28,59 @@ def _default_rms_eps(dtype):
     return float(np.finfo(FLOAT64 if dtype == FLOAT64 else FLOAT32).eps)
 
 
+_trailing_starts = {}   # (axis, ndim) -> first axis of a trailing axis set, or -1
+
+
+def _trailing_start(axis, ndim):
+    """First normalized axis if `axis` names trailing axes of an ndim array, else -1."""
+    key = (axis, ndim)
+    start = _trailing_starts.get(key)
+    if start is None:
+        try:
+            axes = normalize_axes(axis, ndim)
+            start = axes[0] if axes == tuple(range(axes[0], ndim)) else -1
+        except (TypeError, ValueError):
+            return -1   # the general path raises the error
+        if len(_trailing_starts) < 4096:
+            _trailing_starts[key] = start
+    return start
+
+
 def _fast_forward(mode, x, axis, weight, bias, eps, out, return_stats):
     """The common small call, checked cheaply: a C-contiguous float32/float64
-    array over its last axis, no out/stats, weight/bias None or 1-D arrays of
-    the same dtype.  Returns None when the general path must run."""
-    if (type(x) is not np.ndarray or type(axis) is not int or axis != -1 or out is not None
-            or return_stats or type(eps) is not float or not 0.0 <= eps < math.inf):
+    array over trailing axes (axis an int or a tuple), no out, weight/bias
+    None or C-contiguous arrays of x's dtype.  Returns None when the general
+    path must run."""
+    if (type(x) is not np.ndarray or out is not None
+            or type(eps) is not float or not 0.0 <= eps < math.inf):
         return None
-    dtype = x.dtype
-    code = _FAST_CODES.get(dtype)
+    code = _FAST_CODES.get(x.dtype)
     if code is None or not x.flags.c_contiguous or x.ndim == 0 or x.size == 0:
         return None
-    n = x.shape[-1]
+    kind = type(axis)
+    if kind is not int and kind is not tuple:
+        return None
+    start = _trailing_start(axis, x.ndim)
+    if start < 0:
+        return None
+    pshape = x.shape[start:]
     for p in (weight, bias):
-        if p is not None and (type(p) is not np.ndarray or p.dtype != dtype or p.shape != (n,)
+        if p is not None and (type(p) is not np.ndarray or p.dtype != x.dtype or p.shape != pshape
                               or not p.flags.c_contiguous):
             return None
+    n = math.prod(pshape)
     y = np.empty_like(x)
+    mean = rstd = None
+    if return_stats:
+        sshape = x.shape[:start] + (1,) * len(pshape)
+        rstd = np.empty(sshape, x.dtype)
+        if mode == _LAYER_NORM:
+            mean = np.empty(sshape, x.dtype)
     _kernels.forward(code, mode, (x.size // n, n, 1), x, None, None, y, weight, bias,
-                     None, None, eps, get_num_threads())
-    return y
+                     mean, rstd, eps, get_num_threads())
+    if not return_stats:
+        return y
+    return (y, mean, rstd) if mode == _LAYER_NORM else (y, rstd)
 
 
 def _as_companion(array, name, dtype, shape, reference="x"):

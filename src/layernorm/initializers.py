@@ -93,9 +93,11 @@ def _get(identifier, table, kind):
 
 
 def _as_dtype(dtype):
-    """``numpy.dtype`` of a floating dtype spec; ``"bfloat16"`` via ml_dtypes."""
+    """``numpy.dtype`` of a floating dtype spec; ``"bfloat16"`` via ml_dtypes; torch dtypes too."""
     if dtype is None:
         return np.dtype(np.float32)
+    if type(dtype).__module__ == "torch":  # torch.float32 -> "float32", for code ported from PyTorch
+        dtype = str(dtype).rsplit(".", 1)[-1]
     if isinstance(dtype, str) and dtype == "bfloat16":
         try:
             import ml_dtypes

@@ -96,7 +96,7 @@ def _parse_dtype(dtype):
 class Layer:
     """Bookkeeping shared by the Keras-style normalization layers.
 
-    Subclasses define ``_create_weights(shape)``, ``_forward(x)`` (which
+    Subclasses define ``_create_weights(shape)``, ``_forward(x, axis)`` (which
     stores what ``_backward`` needs in ``self._cache``) and
     ``_backward(dy) -> (dx, {weight name: gradient})``.
     """
@@ -105,7 +105,7 @@ class Layer:
         self.axis = _check_axis(axis)
         if not isinstance(epsilon, numbers.Real) or not epsilon >= 0:
             raise ValueError(f"Expected a non-negative number for 'epsilon', but received: {epsilon!r}")
-        self.epsilon = epsilon
+        self.epsilon = float(epsilon)
         self.name = _check_name(name, type(self))
         self.trainable = bool(trainable)
         self.dtype, self._weight_dtype = _parse_dtype(dtype)
@@ -128,6 +128,9 @@ class Layer:
                 f"but received input_shape={tuple(input_shape)}."
             )
         self._param_shape = param_shape
+        self._ndim = len(shape)
+        # A plain -1 lets the array functions take their cheapest path.
+        self._call_axis = -1 if self._axes == (len(shape) - 1,) else self._axes
         self._specs = []
         self._create_weights(param_shape)
         self.built = True
@@ -158,7 +161,7 @@ class Layer:
         if not self.built:
             self.build(x.shape)
         try:
-            return self._forward(x)
+            return self._forward(x, self._call_axis if x.ndim == self._ndim else self._axes)
         except ValueError:
             self._check_input(x.shape)  # raise a clearer message if the shape is the cause
             raise
@@ -174,13 +177,14 @@ class Layer:
     def backward(self, dy):
         """Gradient with respect to the input of the last call.
 
-        Leaves the weight gradients (plus regularizer penalty gradients) in
-        ``self.gradients``; a frozen layer (``trainable=False``) leaves it empty.
+        ``dy`` is converted to the input's dtype.  Leaves the weight gradients
+        (plus regularizer penalty gradients) in ``self.gradients``; a frozen
+        layer (``trainable=False``) leaves it empty.
         """
         if self._cache is None:
             raise RuntimeError(f"backward() called on layer '{self.name}' before it was called on an input.")
-        dy = np.asarray(dy)
         x = self._cache[0]
+        dy = np.asarray(dy, dtype=x.dtype)  # the kernels want dy in x's dtype
         if dy.shape != x.shape:
             raise ValueError(f"Expected dy of shape {x.shape} (the last input's), but received {dy.shape}.")
         dx, grads = self._backward(dy)
@@ -326,8 +330,8 @@ class LayerNormalization(Layer):
             self._add_weight("beta", shape, self.beta_initializer,
                              self.beta_regularizer, self.beta_constraint)
 
-    def _forward(self, x):
-        y, mean, rstd = F.layer_norm(x, self._axes, self.gamma, self.beta, self.epsilon,
+    def _forward(self, x, axis):
+        y, mean, rstd = F.layer_norm(x, axis, self.gamma, self.beta, self.epsilon,
                                      return_stats=True)
         self._cache = (x, mean, rstd)
         return y
@@ -373,8 +377,8 @@ class RMSNormalization(Layer):
     def _create_weights(self, shape):
         self._add_weight("scale", shape, initializers.Ones())
 
-    def _forward(self, x):
-        y, rrms = F.rms_norm(x, self._axes, self.scale, self.epsilon, return_stats=True)
+    def _forward(self, x, axis):
+        y, rrms = F.rms_norm(x, axis, self.scale, self.epsilon, return_stats=True)
         self._cache = (x, rrms)
         return y
 

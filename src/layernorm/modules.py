@@ -46,7 +46,7 @@ def _check_eps(eps, allow_none):
         return None
     if not isinstance(eps, numbers.Real) or not eps >= 0:
         raise ValueError(f"eps must be a non-negative number, but received: eps={eps!r}")
-    return eps
+    return float(eps)
 
 
 class _NormModule:
@@ -68,10 +68,13 @@ class _NormModule:
         self.gradients = {}
         self._cache = None
         self._axes = tuple(range(-len(self.normalized_shape), 0))
+        # A plain -1 lets the array functions take their cheapest path.
+        self._call_axis = -1 if len(self._axes) == 1 else self._axes
 
     # -- forward / backward -------------------------------------------------
 
     def __call__(self, input):
+        """Normalize ``input`` over its last ``len(normalized_shape)`` axes."""
         x = np.asarray(input)
         if x.dtype.kind in "biu":  # integer data is normalized in the parameter dtype
             x = x.astype(self.dtype)
@@ -96,11 +99,12 @@ class _NormModule:
     def backward(self, dy):
         """Gradient with respect to the input of the last call.
 
-        Leaves the parameter gradients in ``self.gradients``.
+        ``dy`` is converted to the input's dtype.  Leaves the parameter
+        gradients in ``self.gradients``.
         """
         if self._cache is None:
             raise RuntimeError(f"backward() called on {type(self).__name__} before it was called on an input.")
-        dy = np.asarray(dy)
+        dy = np.asarray(dy, dtype=self._cache[0].dtype)  # the kernels want dy in x's dtype
         if dy.shape != self._cache[0].shape:
             raise ValueError(
                 f"Expected dy of shape {self._cache[0].shape} (the last input's), but received {dy.shape}."
@@ -202,7 +206,7 @@ class LayerNorm(_NormModule):
         self.bias = self._new_param(0) if self.elementwise_affine and bias else None
 
     def _forward(self, x):
-        y, mean, rstd = F.layer_norm(x, self._axes, self.weight, self.bias, self.eps,
+        y, mean, rstd = F.layer_norm(x, self._call_axis, self.weight, self.bias, self.eps,
                                      return_stats=True)
         self._cache = (x, mean, rstd)
         return y
@@ -241,7 +245,7 @@ class RMSNorm(_NormModule):
         self.weight = self._new_param(1) if self.elementwise_affine else None
 
     def _forward(self, x):
-        y, rrms = F.rms_norm(x, self._axes, self.weight, self.eps, return_stats=True)
+        y, rrms = F.rms_norm(x, self._call_axis, self.weight, self.eps, return_stats=True)
         self._cache = (x, rrms)
         return y
 

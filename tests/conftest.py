@@ -1,0 +1,267 @@
+"""Shared helpers for the array-function tests.
+
+* SIMD levels: the `simd` fixture runs a test once per level this machine
+  supports (``layernorm._kernels.simd_levels_available()``) and restores the
+  default level afterwards; `use_simd` does the same inside a test body (for
+  hypothesis tests, where function-scoped fixtures are not allowed).
+* Thread counts: `use_threads`.
+* Data and layouts: `random_array`, `in_layout`, `axis_sets`.
+* Comparisons: `assert_close` (float32/float64 tolerances against the float64
+  reference), `ulp_distance` / `assert_within_ulp` for float16/bfloat16.
+* `unchanged`: asserts that arrays are not modified by a block.
+"""
+import contextlib
+import itertools
+import os
+import sys
+
+import numpy as np
+import pytest
+
+import layernorm as ln
+from layernorm import _kernels
+from layernorm import _reference as ref  # noqa: F401  (re-exported for the tests)
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+SRC = os.path.join(REPO, "src")
+
+SIMD_LEVELS = _kernels.simd_levels_available()
+DEFAULT_SIMD = _kernels.simd_level()
+DEFAULT_THREADS = ln.get_num_threads()
+
+try:
+    import ml_dtypes
+    BFLOAT16 = np.dtype(ml_dtypes.bfloat16)
+except ImportError:  # bfloat16 cases are skipped
+    ml_dtypes = None
+    BFLOAT16 = None
+
+FLOAT16 = np.dtype(np.float16)
+FLOAT32 = np.dtype(np.float32)
+FLOAT64 = np.dtype(np.float64)
+
+# float16 always; bfloat16 as a skipped param when ml_dtypes is missing
+HALF_DTYPES = [
+    pytest.param(FLOAT16, id="float16"),
+    pytest.param(BFLOAT16, id="bfloat16",
+                 marks=pytest.mark.skipif(BFLOAT16 is None, reason="ml_dtypes not installed")),
+]
+ALL_DTYPES = [pytest.param(FLOAT32, id="float32"), pytest.param(FLOAT64, id="float64")] + HALF_DTYPES
+
+# Absolute/relative tolerances against the float64 reference, for unit-spread data.
+TOLERANCE = {FLOAT32: 1e-6, FLOAT64: 1e-12}
+
+
+def stats_dtype(dtype):
+    """Statistics (and backward parameter gradients) dtype for data of `dtype`."""
+    return FLOAT64 if np.dtype(dtype) == FLOAT64 else FLOAT32
+
+
+# ---------------------------------------------------------------- SIMD / threads
+
+@contextlib.contextmanager
+def use_simd(level):
+    _kernels.select_simd(level)
+    try:
+        assert _kernels.simd_level() == level
+        yield level
+    finally:
+        _kernels.select_simd(DEFAULT_SIMD)
+
+
+@pytest.fixture(params=SIMD_LEVELS)
+def simd(request):
+    """Run the test at every SIMD level the machine supports."""
+    with use_simd(request.param) as level:
+        yield level
+
+
+@contextlib.contextmanager
+def use_threads(n):
+    previous = ln.set_num_threads(n)
+    try:
+        yield n
+    finally:
+        ln.set_num_threads(previous)
+
+
+@pytest.fixture
+def rng(request):
+    """A generator seeded from the test's name: reproducible, different per test."""
+    seed = sum(ord(c) * (i + 1) for i, c in enumerate(request.node.name))
+    return np.random.default_rng(seed)
+
+
+# ---------------------------------------------------------------- data
+
+def axis_sets(ndim):
+    """Every non-empty subset of range(ndim), as sorted tuples."""
+    return [axes for k in range(1, ndim + 1) for axes in itertools.combinations(range(ndim), k)]
+
+
+def shape_axis_cases(shapes):
+    """(shape, axes) pytest params for every axis set of every shape."""
+    return [pytest.param(shape, axes, id=f"{shape}-{axes}")
+            for shape in shapes for axes in axis_sets(len(shape))]
+
+
+def negative_form(axes, ndim):
+    return tuple(a - ndim for a in axes)
+
+
+def as_axes(axis, ndim):
+    """`axis` (int or sequence) as a sorted tuple of non-negative axes."""
+    return tuple(sorted(int(a) % ndim for a in np.atleast_1d(axis)))
+
+
+def param_shape(shape, axis):
+    """Shape of weight/bias (and dweight/dbias) for normalizing `shape` over `axis`."""
+    return tuple(shape[a] for a in as_axes(axis, len(shape)))
+
+
+def keepdims_shape(shape, axis):
+    """Shape of the statistics: the normalized axes set to 1."""
+    axes = as_axes(axis, len(shape))
+    return tuple(1 if i in axes else n for i, n in enumerate(shape))
+
+
+def random_array(rng, shape, dtype=FLOAT32, offset=0.0, scale=1.0):
+    """Normal data with the given offset and spread, rounded to `dtype`."""
+    return (offset + scale * rng.standard_normal(shape)).astype(dtype)
+
+
+def random_params(rng, shape, dtype=FLOAT32):
+    """A weight near 1 and a bias near 0 of the normalized shape."""
+    weight = rng.uniform(0.5, 1.5, shape).astype(dtype)
+    bias = rng.uniform(-0.5, 0.5, shape).astype(dtype)
+    return weight, bias
+
+
+LAYOUTS = ["C", "F", "strided", "negative", "transposed", "byteswapped", "misaligned"]
+
+
+def in_layout(a, kind):
+    """An array equal to `a` (same shape and values) stored in layout `kind`."""
+    a = np.ascontiguousarray(a)
+    if kind == "C":
+        return a.copy()
+    if kind == "F":
+        return np.asfortranarray(a)
+    if kind == "strided":          # every other element of a bigger buffer, on every axis
+        big = np.zeros(tuple(2 * n for n in a.shape), a.dtype)
+        view = big[tuple(slice(None, None, 2) for _ in a.shape)]
+        view[...] = a
+        return view
+    if kind == "negative":         # negative strides on every axis
+        flipped = a[tuple(slice(None, None, -1) for _ in a.shape)].copy()
+        return flipped[tuple(slice(None, None, -1) for _ in a.shape)]
+    if kind == "transposed":       # a transposed view of a C array
+        order = tuple(reversed(range(a.ndim)))
+        return np.ascontiguousarray(a.transpose(order)).transpose(order)
+    if kind == "byteswapped":      # non-native byte order
+        swapped = a.astype(a.dtype.newbyteorder("S"))
+        assert not swapped.dtype.isnative
+        return swapped
+    if kind == "misaligned":       # data pointer not aligned to the element size
+        raw = np.zeros(a.nbytes + a.itemsize + 1, np.uint8)
+        view = raw[1:1 + a.nbytes].view(a.dtype).reshape(a.shape)
+        view[...] = a
+        assert not view.flags.aligned or a.itemsize == 1
+        return view
+    raise ValueError(kind)
+
+
+# ---------------------------------------------------------------- comparisons
+
+def assert_close(actual, expected, dtype=None, tol=None, what="result"):
+    """Same shape, dtype `dtype` (if given), values within `tol` (absolute and
+    relative, default from TOLERANCE by the actual dtype)."""
+    actual = np.asarray(actual)
+    if dtype is not None:
+        assert actual.dtype == np.dtype(dtype), f"{what}: dtype {actual.dtype}, expected {np.dtype(dtype)}"
+    expected = np.asarray(expected, dtype=np.float64)
+    assert actual.shape == expected.shape, f"{what}: shape {actual.shape}, expected {expected.shape}"
+    if tol is None:
+        tol = TOLERANCE[actual.dtype]
+    np.testing.assert_allclose(actual.astype(np.float64), expected, rtol=tol, atol=tol, err_msg=what)
+
+
+def _ordered_bits(a):
+    """16-bit floats as integers ordered like the floats (-0 == +0)."""
+    bits = np.ascontiguousarray(a).view(np.uint16).astype(np.int32)
+    return np.where(bits & 0x8000, 0x8000 - bits, bits)
+
+
+def ulp_distance(a, b):
+    """Units in the last place between two float16 or two bfloat16 arrays."""
+    a, b = np.asarray(a), np.asarray(b)
+    assert a.dtype == b.dtype and a.dtype.itemsize == 2
+    return np.abs(_ordered_bits(a) - _ordered_bits(b))
+
+
+def assert_within_ulp(actual, expected64, dtype, ulps=1, what="result"):
+    """`actual` (of half `dtype`) is within `ulps` of the float64 `expected64` rounded to `dtype`."""
+    actual = np.asarray(actual)
+    assert actual.dtype == np.dtype(dtype), f"{what}: dtype {actual.dtype}, expected {np.dtype(dtype)}"
+    expected = np.asarray(expected64, dtype=np.float64).astype(dtype)
+    assert actual.shape == expected.shape, f"{what}: shape {actual.shape}, expected {expected.shape}"
+    distance = ulp_distance(actual, expected)
+    worst = int(distance.max(initial=0))
+    if worst > ulps:
+        i = np.unravel_index(int(distance.argmax()), distance.shape)
+        raise AssertionError(f"{what}: {worst} ulps off at {i}: got {actual[i]!r}, "
+                             f"expected {expected[i]!r} (float64 {np.asarray(expected64)[i]!r})")
+
+
+@contextlib.contextmanager
+def unchanged(*arrays):
+    """Assert that the block does not modify any of `arrays` (bit for bit)."""
+    snapshots = [np.array(a, copy=True) for a in arrays]
+    yield
+    for i, (a, snap) in enumerate(zip(arrays, snapshots)):
+        assert np.asarray(a).tobytes() == snap.tobytes(), f"argument {i} was modified"
+
+
+def fill_sentinel(out):
+    out[...] = 7
+    return out
+
+
+def assert_sentinel(out):
+    assert np.all(np.asarray(out, dtype=np.float64) == 7), "out was written before the error"
+
+
+def python_subprocess(code, **env):
+    """Run `python -c code` with the source tree importable; return stdout."""
+    import subprocess
+    environment = dict(os.environ, PYTHONPATH=SRC + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    for key in ("LAYERNORM_SIMD", "LAYERNORM_NUM_THREADS", "OMP_NUM_THREADS"):
+        environment.pop(key, None)
+    environment.update(env)
+    done = subprocess.run([sys.executable, "-c", code], env=environment, capture_output=True,
+                          text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    return done.stdout
+
+
+def numeric_gradient(loss, a, h=1e-6):
+    """Central finite differences of the scalar `loss()` with respect to the
+    float64 array `a`, perturbed in place one element at a time."""
+    grad = np.zeros(a.shape)
+    for i in np.ndindex(a.shape):
+        saved = a[i]
+        a[i] = saved + h
+        up = loss()
+        a[i] = saved - h
+        down = loss()
+        a[i] = saved
+        grad[i] = (up - down) / (2 * h)
+    return grad
+
+
+def relative_error(actual, expected, floor=1.0):
+    """max |actual - expected| / max(floor, max |expected|), in float64."""
+    actual, expected = np.asarray(actual, np.float64), np.asarray(expected, np.float64)
+    if actual.size == 0:
+        return 0.0
+    return float(np.max(np.abs(actual - expected)) / max(floor, np.max(np.abs(expected))))

@@ -1,0 +1,298 @@
+"""layer_norm against the float64 reference: shapes, axis sets, layouts,
+dtypes, weight/bias, statistics, input kinds, empty arrays."""
+import numpy as np
+import pytest
+
+import layernorm as ln
+from conftest import (FLOAT32, FLOAT64, LAYOUTS, assert_close, axis_sets, in_layout,
+                      keepdims_shape, negative_form, param_shape, random_array, random_params,
+                      ref, shape_axis_cases, stats_dtype)
+
+SHAPES = [(7,), (4, 6), (3, 5, 4), (2, 3, 4, 5), (3, 1, 4, 2)]
+FLOATS = [FLOAT32, FLOAT64]
+
+
+def check_layer_norm(x, axis, weight=None, bias=None, eps=1e-5, **kwargs):
+    """layer_norm(x) with stats equals the reference; returns y."""
+    x = np.asarray(x)
+    y, mean, rstd = ln.layer_norm(x, axis, weight, bias, eps, return_stats=True, **kwargs)
+    ry, rmean, rrstd = ref.layer_norm(x, axis, weight, bias, eps)
+    dtype = x.dtype.newbyteorder("=")
+    assert_close(y, ry, dtype, what="y")
+    assert_close(mean, rmean, stats_dtype(dtype), what="mean")
+    # rstd ~ 1 for unit-spread data: relative tolerance
+    assert_close(rstd, rrstd, stats_dtype(dtype), what="rstd")
+    return y
+
+
+@pytest.mark.parametrize("dtype", FLOATS, ids=str)
+@pytest.mark.parametrize("shape, axes", shape_axis_cases(SHAPES))
+def test_every_axis_set(simd, rng, shape, axes, dtype):
+    x = random_array(rng, shape, dtype)
+    weight, bias = random_params(rng, param_shape(shape, axes), dtype)
+    check_layer_norm(x, axes, weight, bias)
+
+
+@pytest.mark.parametrize("shape, axes", shape_axis_cases([(2, 3, 4, 5)]))
+def test_axis_spellings_agree(rng, shape, axes):
+    """Positive, negative, mixed, unsorted, list and tuple spellings of the same axes."""
+    x = random_array(rng, shape, FLOAT64)
+    expected = ln.layer_norm(x, axes)
+    negative = negative_form(axes, len(shape))
+    mixed = tuple(a if i % 2 else a - len(shape) for i, a in enumerate(axes))
+    spellings = [negative, list(axes), list(reversed(negative)), mixed]
+    if len(axes) == 1:
+        spellings += [axes[0], negative[0], np.int64(axes[0]), np.intp(negative[0])]
+    for spelling in spellings:
+        assert np.array_equal(ln.layer_norm(x, spelling), expected), spelling
+
+
+@pytest.mark.parametrize("layout", LAYOUTS)
+@pytest.mark.parametrize("dtype", FLOATS, ids=str)
+@pytest.mark.parametrize("axes", [(3,), (2, 3), (1,), (0, 2), (1, 2)])
+def test_layouts(simd, rng, layout, dtype, axes):
+    base = random_array(rng, (3, 4, 5, 6), dtype)
+    x = in_layout(base, layout)
+    assert np.array_equal(x, base)
+    weight, bias = random_params(rng, param_shape(base.shape, axes), dtype)
+    y = check_layer_norm(x, axes, in_layout(weight, layout), in_layout(bias, layout))
+    # the layout never changes the result
+    assert np.array_equal(y, ln.layer_norm(base, axes, weight, bias))
+
+
+def test_fortran_and_transposed_2d_views(rng):
+    x = random_array(rng, (40, 30), FLOAT32)
+    for view in (np.asfortranarray(x), x.T.copy().T, x[::-1, ::-1].copy()[::-1, ::-1]):
+        for axis in (0, 1, (0, 1)):
+            assert np.array_equal(ln.layer_norm(view, axis), ln.layer_norm(x, axis))
+
+
+@pytest.mark.parametrize("step", [2, -1, -3])
+def test_sliced_views(rng, step):
+    big = random_array(rng, (9, 50), FLOAT32)
+    view = big[::step, 1::abs(step)] if step > 0 else big[::step, ::step]
+    for axis in (0, 1, -1, (0, 1)):
+        check_layer_norm(view, axis)
+
+
+@pytest.mark.parametrize("with_weight", [False, True])
+@pytest.mark.parametrize("with_bias", [False, True])
+@pytest.mark.parametrize("dtype", FLOATS, ids=str)
+@pytest.mark.parametrize("shape, axes", [((6, 33), (1,)), ((4, 3, 10), (1,)), ((3, 4, 5), (0, 2))])
+def test_weight_and_bias(simd, rng, with_weight, with_bias, dtype, shape, axes):
+    x = random_array(rng, shape, dtype)
+    weight, bias = random_params(rng, param_shape(shape, axes), dtype)
+    weight = weight if with_weight else None
+    bias = bias if with_bias else None
+    y = check_layer_norm(x, axes, weight, bias)
+    plain = ln.layer_norm(x, axes)
+    if weight is None and bias is None:
+        assert np.array_equal(y, plain)
+    else:
+        assert not np.allclose(y, plain)
+
+
+def test_weight_and_bias_array_likes(rng):
+    """Weight/bias as lists, other float dtypes, integer values, non-contiguous views."""
+    x = random_array(rng, (5, 4), FLOAT32)
+    weight, bias = [1.0, 2.0, 3.0, 4.0], [0, 1, 0, -1]
+    expected = ln.layer_norm(x, -1, np.array(weight, np.float32), np.array(bias, np.float32))
+    assert np.array_equal(ln.layer_norm(x, -1, weight, bias), expected)
+    assert np.array_equal(ln.layer_norm(x, -1, np.array(weight)[::-1][::-1], np.array(bias, np.int64)),
+                          expected)
+
+
+@pytest.mark.parametrize("dtype", FLOATS, ids=str)
+@pytest.mark.parametrize("shape, axes", [((20, 5, 10, 10), (1, 2, 3)), ((20, 5, 10, 10), (2, 3)),
+                                         ((20, 5, 10, 10), (3,)), ((2, 3, 4, 5), (0, 2)),
+                                         ((2, 3, 4, 5), (1,))])
+def test_return_stats(rng, dtype, shape, axes):
+    x = random_array(rng, shape, dtype, offset=2.0, scale=3.0)
+    y, mean, rstd = ln.layer_norm(x, axes, return_stats=True)
+    assert mean.shape == rstd.shape == keepdims_shape(shape, axes)
+    assert mean.dtype == rstd.dtype == stats_dtype(dtype)
+    _, rmean, rrstd = ref.layer_norm(x, axes)
+    assert_close(mean, rmean, what="mean")
+    assert_close(rstd, rrstd, what="rstd")
+    assert np.array_equal(y, ln.layer_norm(x, axes))
+    # the statistics describe y: (x - mean) * rstd
+    assert_close(y, (x.astype(np.float64) - mean) * rstd.astype(np.float64), what="y from stats")
+
+
+def test_rstd_includes_eps(rng):
+    x = np.array([[1.0, -1.0, 1.0, -1.0]])         # variance 1
+    for eps in (0.0, 1e-5, 0.25, 3.0):
+        _, mean, rstd = ln.layer_norm(x, eps=eps, return_stats=True)
+        assert mean[0, 0] == 0.0
+        assert rstd[0, 0] == pytest.approx(1 / np.sqrt(1 + eps), rel=1e-15)
+
+
+def test_constant_rows_give_bias(simd):
+    x = np.full((3, 64), 5.0, np.float32)
+    bias = np.linspace(-1, 1, 64, dtype=np.float32)
+    y, mean, rstd = ln.layer_norm(x, bias=bias, eps=1e-5, return_stats=True)
+    assert np.array_equal(y, np.broadcast_to(bias, x.shape))
+    assert np.all(mean == 5.0)
+    assert_close(rstd, np.full(mean.shape, 1 / np.sqrt(1e-5)))
+
+
+def test_seed_example(simd, rng):
+    """x of shape (20, 5, 10, 10) normalized over its last 3, last 2 and last axis."""
+    x = random_array(rng, (20, 5, 10, 10), FLOAT32)
+    for axes in ((-3, -2, -1), (-2, -1), -1):
+        y = ln.layer_norm(x, axes)
+        assert y.shape == x.shape and y.dtype == np.float32
+        assert_close(y, ref.layer_norm(x, axes)[0])
+        moments_axes = axes if isinstance(axes, tuple) else (axes,)
+        np.testing.assert_allclose(y.mean(axis=moments_axes, dtype=np.float64), 0, atol=1e-6)
+        np.testing.assert_allclose(y.var(axis=moments_axes, dtype=np.float64), 1, atol=1e-3)
+
+
+@pytest.mark.parametrize("dtype", [np.int8, np.int32, np.int64, np.uint8, np.uint64, np.bool_])
+def test_integer_and_bool_inputs_become_float64(dtype):
+    x = np.array([[0, 1, 1, 0, 1], [1, 1, 0, 0, 0]]).astype(dtype)
+    y, mean, rstd = ln.layer_norm(x, return_stats=True)
+    assert y.dtype == mean.dtype == rstd.dtype == np.float64
+    assert np.array_equal(mean, np.mean(x, axis=-1, keepdims=True))
+    assert_close(y, ref.layer_norm(x.astype(np.float64))[0])
+
+
+def test_large_integers_are_exact_in_float64():
+    x = np.array([2**40, 2**40 + 2, 2**40 + 4], dtype=np.int64)
+    assert_close(ln.layer_norm(x, eps=0.0), [-np.sqrt(1.5), 0.0, np.sqrt(1.5)])
+
+
+def test_array_likes():
+    nested = [[1.0, 2.0, 4.0], [0.5, -1.0, 3.0]]
+    expected = ln.layer_norm(np.array(nested))
+    assert np.array_equal(ln.layer_norm(nested), expected)
+    assert np.array_equal(ln.layer_norm(tuple(map(tuple, nested))), expected)
+    assert ln.layer_norm([[1, 2, 3]]).dtype == np.float64
+
+
+def test_single_element_row():
+    assert ln.layer_norm([3.0]).tolist() == [0.0]
+
+
+@pytest.mark.parametrize("dtype", FLOATS + [np.float16], ids=str)
+def test_output_dtype_is_input_dtype(rng, dtype):
+    x = random_array(rng, (4, 8), dtype)
+    for axis in (-1, 0, (0, 1)):
+        assert ln.layer_norm(x, axis).dtype == dtype
+        assert ln.layer_norm(x, axis, np.ones(param_shape(x.shape, axis)),
+                             return_stats=True)[0].dtype == dtype
+
+
+def test_byteswapped_input_gives_native_result(rng):
+    x = random_array(rng, (4, 8), FLOAT64)
+    swapped = x.astype(">f8" if np.little_endian else "<f8")
+    y = ln.layer_norm(swapped)
+    assert y.dtype == np.float64 and y.dtype.isnative
+    assert np.array_equal(y, ln.layer_norm(x))
+
+
+@pytest.mark.parametrize("x", [np.ones((2, 3), np.complex128), np.ones((2, 3), np.complex64),
+                               np.array([[1, "a"]], object), np.array([["a", "b"]]),
+                               np.array([[b"a", b"b"]]), np.ones((2, 3), np.longdouble),
+                               np.zeros((2, 3), "datetime64[s]"), [[1j, 2j]]],
+                         ids=["complex128", "complex64", "object", "str", "bytes", "longdouble",
+                              "datetime", "list-complex"])
+def test_unsupported_kinds_raise_type_error(x):
+    if np.asarray(x).dtype == np.longdouble and np.dtype(np.longdouble) == np.float64:
+        pytest.skip("longdouble is float64 here")
+    with pytest.raises(TypeError, match="x"):
+        ln.layer_norm(x)
+
+
+@pytest.mark.parametrize("shape, axes, stats_nan", [
+    ((0, 5), (1,), False), ((0, 5), (0,), True), ((0, 5), (0, 1), True),
+    ((3, 0), (1,), True), ((3, 0), (0,), False), ((2, 0, 3), (1,), True),
+    ((2, 0, 3), (0, 2), False), ((0,), (0,), True), ((4, 0, 0), (0,), False)])
+@pytest.mark.parametrize("dtype", FLOATS, ids=str)
+def test_empty_arrays(shape, axes, stats_nan, dtype):
+    x = np.zeros(shape, dtype)
+    weight = np.ones(param_shape(shape, axes), dtype)
+    y, mean, rstd = ln.layer_norm(x, axes, weight, weight, return_stats=True)
+    assert y.shape == shape and y.dtype == dtype
+    assert mean.shape == rstd.shape == keepdims_shape(shape, axes)
+    assert mean.dtype == rstd.dtype == stats_dtype(dtype)
+    if stats_nan:    # mean over zero elements, as numpy.mean gives
+        assert np.all(np.isnan(mean)) and np.all(np.isnan(rstd))
+    assert ln.layer_norm(x, axes).shape == shape
+
+
+def test_eps_is_used(rng):
+    x = random_array(rng, (3, 16), FLOAT64, scale=0.01)
+    for eps in (0.0, 1e-5, 1e-2, 1):
+        assert_close(ln.layer_norm(x, eps=eps), ref.layer_norm(x, eps=eps)[0])
+    assert not np.allclose(ln.layer_norm(x, eps=0.0), ln.layer_norm(x, eps=1e-2))
+
+
+def test_eps_accepts_real_numbers(rng):
+    x = random_array(rng, (3, 16), FLOAT64)
+    expected = ln.layer_norm(x, eps=1e-3)
+    for eps in (np.float32(1e-3), np.float64(1e-3)):
+        np.testing.assert_allclose(ln.layer_norm(x, eps=eps), expected, rtol=1e-9)
+    assert np.array_equal(ln.layer_norm(x, eps=1), ln.layer_norm(x, eps=1.0))
+
+
+def test_default_eps_is_1e_5(rng):
+    x = random_array(rng, (3, 16), FLOAT64, scale=0.003)
+    assert np.array_equal(ln.layer_norm(x), ln.layer_norm(x, eps=1e-5))
+
+
+@pytest.mark.parametrize("dtype", FLOATS, ids=str)
+@pytest.mark.parametrize("n", [1, 2, 3, 7, 8, 15, 16, 17, 31, 33, 63, 64, 65, 127, 129, 255, 1000, 4097])
+def test_row_lengths_around_vector_widths(simd, rng, dtype, n):
+    """Remainder handling of every SIMD width."""
+    x = random_array(rng, (3, n), dtype, offset=1.0)
+    weight, bias = random_params(rng, (n,), dtype)
+    check_layer_norm(x, -1, weight, bias)
+
+
+@pytest.mark.parametrize("dtype", FLOATS, ids=str)
+@pytest.mark.parametrize("shape", [(2, 3, 1), (2, 3, 7), (2, 5, 16), (2, 9, 33), (1, 4, 100),
+                                   (3, 2, 1000), (2, 3, 5, 4)])
+def test_strided_inner_lengths(simd, rng, dtype, shape):
+    """axis=1 over (outer, reduce, inner...) with inner sizes around vector widths."""
+    x = random_array(rng, shape, dtype, offset=-2.0)
+    weight, bias = random_params(rng, (shape[1],), dtype)
+    check_layer_norm(x, 1, weight, bias)
+
+
+def test_axes_of_length_one(rng):
+    """Length-1 axes between normalized axes do not change anything."""
+    x = random_array(rng, (3, 1, 4, 1, 5), FLOAT64)
+    squeezed = x.reshape(3, 4, 5)
+    assert_close(ln.layer_norm(x, (0, 2)), ln.layer_norm(squeezed, (0, 1)).reshape(x.shape))
+    assert_close(ln.layer_norm(x, (2, 4)), ln.layer_norm(squeezed, (1, 2)).reshape(x.shape))
+    assert_close(ln.layer_norm(x, (0, 1, 2)), ln.layer_norm(squeezed, (0, 1)).reshape(x.shape))
+    for axes in axis_sets(5):
+        check_layer_norm(x, axes)
+
+
+def test_normalizing_a_length_one_axis_gives_bias(rng):
+    x = random_array(rng, (4, 1), FLOAT32, offset=10.0)
+    bias = np.array([0.25], np.float32)
+    y, mean, rstd = ln.layer_norm(x, -1, np.array([3.0], np.float32), bias, return_stats=True)
+    assert np.array_equal(y, np.full_like(x, 0.25))
+    assert np.array_equal(mean, x)
+
+
+def test_extreme_magnitudes(simd, rng):
+    """Tiny and huge rows (whose variance is a normal float32) keep the accuracy."""
+    base = random_array(rng, (4, 300), FLOAT64)
+    for scale in (1e-18, 1e-10, 1e10, 1e18):
+        x = (base * scale).astype(np.float32)
+        y = ln.layer_norm(x, eps=0.0)
+        assert np.all(np.isfinite(y)), scale
+        assert_close(y, ref.layer_norm(x, eps=0.0)[0], tol=2e-6, what=f"scale {scale}")
+
+
+def test_non_finite_values_propagate(simd):
+    x = np.ones((3, 40), np.float32)
+    x[0, 5] = np.nan
+    x[1, 7] = np.inf
+    y = ln.layer_norm(x)
+    assert np.all(np.isnan(y[0])) and np.all(np.isnan(y[1]))
+    assert np.array_equal(y[2], np.zeros(40, np.float32))

@@ -1,0 +1,162 @@
+"""float16 and bfloat16 (ml_dtypes) for every function, forward and backward.
+
+Half-precision data is computed in float32 and rounded once: every half
+output must be within 1 ulp of the float64 reference (of the same half
+inputs) rounded to the half type.  Statistics are float32.  Weights may be
+float32 (mixed) or of x's dtype."""
+import numpy as np
+import pytest
+
+import layernorm as ln
+from conftest import (FLOAT32, HALF_DTYPES, assert_close, assert_within_ulp, in_layout,
+                      keepdims_shape, param_shape, random_array, random_params, ref, relative_error,
+                      ulp_distance, unchanged)
+
+pytestmark = pytest.mark.parametrize("dtype", HALF_DTYPES)
+
+CASES = [((5, 37), -1), ((3, 1000), -1), ((2, 16, 33), 1), ((4, 6, 5), (0, 2)), ((3, 4, 5), (1, 2)),
+         ((1, 70000), -1), ((600, 64), -1)]
+WEIGHTS = ["none", "float32", "same"]
+
+
+def make_params(rng, shape, axis, dtype, kind):
+    """(weight, bias) of the normalized shape: None, float32, or x's dtype."""
+    if kind == "none":
+        return None, None
+    weight, bias = random_params(rng, param_shape(shape, axis), FLOAT32)
+    return (weight, bias) if kind == "float32" else (weight.astype(dtype), bias.astype(dtype))
+
+
+@pytest.mark.parametrize("weights", WEIGHTS)
+@pytest.mark.parametrize("shape, axis", CASES)
+def test_layer_norm(simd, rng, dtype, shape, axis, weights):
+    x = random_array(rng, shape, dtype, offset=0.5)
+    weight, bias = make_params(rng, shape, axis, dtype, weights)
+    y, mean, rstd = ln.layer_norm(x, axis, weight, bias, return_stats=True)
+    ry, rmean, rrstd = ref.layer_norm(x, axis, weight, bias)
+    assert_within_ulp(y, ry, dtype, what="y")
+    assert mean.shape == rstd.shape == keepdims_shape(shape, axis)
+    assert_close(mean, rmean, FLOAT32, what="mean")
+    assert_close(rstd, rrstd, FLOAT32, tol=2e-6, what="rstd")
+    assert np.array_equal(ln.layer_norm(x, axis, weight, bias), y)
+
+
+@pytest.mark.parametrize("weights", WEIGHTS)
+@pytest.mark.parametrize("shape, axis", CASES)
+def test_rms_norm(simd, rng, dtype, shape, axis, weights):
+    x = random_array(rng, shape, dtype, offset=0.5)
+    weight, _ = make_params(rng, shape, axis, dtype, weights)
+    y, rrms = ln.rms_norm(x, axis, weight, return_stats=True)
+    ry, rrrms = ref.rms_norm(x, axis, weight, eps=float(np.finfo(np.float32).eps))
+    assert_within_ulp(y, ry, dtype, what="y")
+    assert_close(rrms, rrrms, FLOAT32, tol=2e-6, what="rrms")
+
+
+@pytest.mark.parametrize("weights", WEIGHTS)
+@pytest.mark.parametrize("shape, axis", CASES)
+def test_layer_norm_backward(simd, rng, dtype, shape, axis, weights):
+    x = random_array(rng, shape, dtype, offset=0.5)
+    dy = random_array(rng, shape, dtype)
+    weight, bias = make_params(rng, shape, axis, dtype, weights)
+    _, mean, rstd = ln.layer_norm(x, axis, weight, bias, return_stats=True)
+    dx, dweight, dbias = ln.layer_norm_backward(dy, x, mean, rstd, axis, weight)
+    rdx, rdweight, rdbias = ref.layer_norm_backward(dy, x, mean, rstd, axis, weight)
+    assert_within_ulp(dx, rdx, dtype, what="dx")
+    check_parameter_gradient(dweight, rdweight, weight, dtype, "dweight")
+    check_parameter_gradient(dbias, rdbias, weight, dtype, "dbias")
+
+
+@pytest.mark.parametrize("weights", WEIGHTS)
+@pytest.mark.parametrize("shape, axis", CASES)
+def test_rms_norm_backward(simd, rng, dtype, shape, axis, weights):
+    x = random_array(rng, shape, dtype, offset=0.5)
+    dy = random_array(rng, shape, dtype)
+    weight, _ = make_params(rng, shape, axis, dtype, weights)
+    _, rrms = ln.rms_norm(x, axis, weight, return_stats=True)
+    dx, dweight = ln.rms_norm_backward(dy, x, rrms, axis, weight)
+    rdx, rdweight = ref.rms_norm_backward(dy, x, rrms, axis, weight)
+    assert_within_ulp(dx, rdx, dtype, what="dx")
+    check_parameter_gradient(dweight, rdweight, weight, dtype, "dweight")
+
+
+def check_parameter_gradient(got, expected, weight, dtype, what):
+    """float32 unless the weight is of the half dtype (then 1 ulp of that dtype)."""
+    if weight is not None and weight.dtype == dtype:
+        assert_within_ulp(got, expected, dtype, what=what)
+    else:
+        assert got.dtype == np.float32, what
+        assert relative_error(got, expected) <= 1e-5, what
+
+
+@pytest.mark.parametrize("kind", ["layer", "rms"])
+@pytest.mark.parametrize("weights", WEIGHTS)
+@pytest.mark.parametrize("shape, axis", CASES)
+def test_fused_add(simd, rng, dtype, shape, axis, weights, kind):
+    x = random_array(rng, shape, dtype, offset=0.5)
+    r = random_array(rng, shape, dtype)
+    weight, bias = make_params(rng, shape, axis, dtype, weights)
+    if kind == "layer":
+        y, s = ln.add_layer_norm(x, r, axis, weight, bias)
+        ry = ref.layer_norm(s, axis, weight, bias)[0]
+    else:
+        y, s = ln.add_rms_norm(x, r, axis, weight)
+        ry = ref.rms_norm(s, axis, weight, eps=float(np.finfo(np.float32).eps))[0]
+    assert s.dtype == dtype
+    assert np.array_equal(s.view(np.uint16), (x + r).view(np.uint16)), "s != x + residual"
+    assert_within_ulp(y, ry, dtype, what="y")
+
+
+@pytest.mark.parametrize("axis", [-1, 1, (0, 2)])
+def test_out_sum_out_and_in_place(rng, dtype, axis):
+    shape = (4, 5, 6)
+    x, r = random_array(rng, shape, dtype), random_array(rng, shape, dtype)
+    expected = ln.layer_norm(x, axis)
+    for out in (np.empty(shape, dtype), np.empty(shape, dtype, order="F")):
+        assert ln.layer_norm(x, axis, out=out) is out
+        assert np.array_equal(out.view(np.uint16), expected.view(np.uint16))
+    ey, es = ln.add_rms_norm(x, r, axis)
+    y, s = ln.add_rms_norm(x, r, axis, out=x, sum_out=r)
+    assert y is x and s is r
+    assert np.array_equal(x.view(np.uint16), ey.view(np.uint16))
+    assert np.array_equal(r.view(np.uint16), es.view(np.uint16))
+
+
+@pytest.mark.parametrize("layout", ["F", "strided", "negative", "transposed"])
+def test_layouts(rng, dtype, layout):
+    x = random_array(rng, (4, 5, 6), dtype)
+    for axis in (-1, 1, (0, 2)):
+        with unchanged(x):
+            got = ln.layer_norm(in_layout(x, layout), axis)
+        assert np.array_equal(got.view(np.uint16), ln.layer_norm(x, axis).view(np.uint16))
+
+
+def test_dtypes_and_mismatches(rng, dtype):
+    x = random_array(rng, (3, 8), dtype)
+    y, mean, rstd = ln.layer_norm(x, return_stats=True)
+    assert y.dtype == dtype and mean.dtype == rstd.dtype == np.float32
+    y, rrms = ln.rms_norm(x, return_stats=True)
+    assert y.dtype == dtype and rrms.dtype == np.float32
+    dx, dweight, dbias = ln.layer_norm_backward(x, x, mean, rstd)
+    assert dx.dtype == dtype and dweight.dtype == dbias.dtype == np.float32
+    with pytest.raises(TypeError, match="dy"):
+        ln.layer_norm_backward(x.astype(np.float32), x, mean, rstd)
+    with pytest.raises(TypeError, match="residual"):
+        ln.add_layer_norm(x, x.astype(np.float32))
+    with pytest.raises(TypeError, match="out"):
+        ln.layer_norm(x, out=np.empty((3, 8), np.float32))
+
+
+def test_rounded_once(simd, dtype):
+    """A case where rounding the float32 result twice (or computing in half) is
+    visibly wrong: many distinct values, results compared bit for bit up to 1 ulp."""
+    x = np.linspace(-3, 5, 4096).astype(dtype).reshape(4, 1024)
+    y = ln.layer_norm(x)
+    expected = ref.layer_norm(x)[0]
+    assert_within_ulp(y, expected, dtype)
+    assert np.mean(ulp_distance(y, expected.astype(dtype)) == 0) > 0.95   # nearly all exact
+
+
+def test_empty(dtype):
+    x = np.zeros((0, 3), dtype)
+    y, mean, rstd = ln.layer_norm(x, return_stats=True)
+    assert y.shape == (0, 3) and y.dtype == dtype and mean.dtype == np.float32
