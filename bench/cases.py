@@ -108,12 +108,19 @@ LAYERS_CASES = [case((8, 16))]
 
 
 def select_cases(cases, patterns):
-    """Keep cases whose name contains any of ``patterns`` (all when empty)."""
+    """Keep cases matching any of ``patterns`` (all when empty).
+
+    A pattern matches when it is a substring of the case's name or of its
+    short form, spaces ignored: '16384x1024', '32x64x56x56', 'axis', 'last3'.
+    """
     if not patterns:
         return list(cases)
     norm = lambda s: s.replace(" ", "").lower()
     pats = [norm(p) for p in patterns]
-    return [c for c in cases if any(p in norm(c.name) for p in pats)]
+
+    def forms(c):
+        return norm(c.name), "x".join(map(str, c.shape)) + norm(c.name).split(")", 1)[1]
+    return [c for c in cases if any(p in f for p in pats for f in forms(c))]
 
 
 def half_dtypes():

@@ -117,6 +117,8 @@ def layernorm_info(ln):
     if not isinstance(config, (str, dict, list)):
         config = str(config)
     text = config if isinstance(config, str) else json.dumps(config, default=str)
+    if isinstance(config, dict) and config.get("simd_level"):
+        text = f"simd {config['simd_level']}"
     m = re.search(r"simd\W{0,4}(baseline|avx512|avx2)", text, re.I) or \
         re.search(r"\b(baseline|avx512|avx2)\b", text, re.I)
     threads = None
@@ -128,6 +130,7 @@ def layernorm_info(ln):
         "version": getattr(ln, "__version__", "?"),
         "file": getattr(ln, "__file__", "?"),
         "config": config,
+        "config_text": buf.getvalue(),
         "simd_reported": m.group(1).lower() if m else None,
         "default_threads": threads,
         "env_LAYERNORM_SIMD": os.environ.get("LAYERNORM_SIMD"),

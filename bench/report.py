@@ -123,13 +123,19 @@ def section_markdown(run, section, level_heading="###"):
 
 
 def skipped_markdown(run):
+    """Skipped implementations, one line per (section, implementation, reason)."""
     groups = defaultdict(list)
+    attempted = defaultdict(set)   # section -> case names measured or skipped
     for s in run.get("skipped", []):
         groups[(s["section"], s["label"], s["reason"])].append(s["case"])
+        attempted[s["section"]].add(s["case"])
+    for r in run.get("results", []):
+        attempted[r["section"]].add(r["case"])
     lines = []
     for (sec, label, reason), cases in sorted(groups.items()):
         uniq = list(dict.fromkeys(cases))
-        lines.append(f"- {sec} / {label}: {reason} ({', '.join(uniq)})")
+        where = "all cases" if len(uniq) > 1 and set(uniq) == attempted[sec] else ", ".join(uniq)
+        lines.append(f"- {sec} / {label}: {reason} ({where})")
     return "\n".join(lines)
 
 
@@ -157,6 +163,8 @@ def details_markdown(run):
 
 
 def _config_text(info):
+    if info.get("config_text", "").strip():
+        return info["config_text"].strip()
     cfg = info.get("config")
     if isinstance(cfg, str):
         return cfg.strip()
@@ -174,7 +182,8 @@ def document_markdown(doc):
              f"- Python {m['python']}, " + ", ".join(f"{k} {val}" for k, val in v.items() if val)
              + (f"; git {m['git_commit']}" if m.get("git_commit") else ""),
              "- timing: warm-up, then interleaved rounds per case; median of per-call times "
-             f"(tiny calls in batches): {doc['timing']}",
+             "(tiny calls in batches): "
+             + ", ".join(f"{k}={val}" for k, val in doc["timing"].items()),
              "- ratios are t(A)/t(B) from the same run: `X/ln` > 1 means layernorm is faster; "
              "`ln/copy` <= 1 means layernorm runs at memory-copy speed", ""]
     run_sections = []
@@ -232,6 +241,13 @@ def summary_text(doc):
     return "\n".join(lines)
 
 
+def _short(case_name):
+    """'(20, 5, 10, 10) last 3' -> '20x5x10x10\nlast 3' for axis labels."""
+    shape, _, rest = case_name.partition(")")
+    label = shape.strip("( ").replace(", ", "x")
+    return label + ("\n" + rest.strip() if rest.strip() else "")
+
+
 def chart(doc, path):
     """GB/s per forward case: a row of panels per SIMD level, a column per thread count."""
     try:
@@ -245,8 +261,9 @@ def chart(doc, path):
     if not runs:
         return None
     threads = sorted({x["threads"] for r in runs for x in r["results"]})
-    fig, axes = plt.subplots(len(runs), len(threads), squeeze=False, sharey=True,
-                             figsize=(6.5 * len(threads), 3.6 * len(runs) + 0.6))
+    nrows, ncols = len(runs), len(threads)
+    fig, axes = plt.subplots(nrows, ncols, squeeze=False, sharey=True,
+                             figsize=(6.5 * ncols, 3.4 * nrows + 1.0))
     case_order = [c.name for c in _sections()["forward"].cases]
     width = 0.8 / len(CHART_IMPLS)
     for ri, run in enumerate(runs):
@@ -268,18 +285,20 @@ def chart(doc, path):
                     ax.hlines(r["gbps"], ci - 0.45, ci + 0.45, colors="black", linewidth=2,
                               label="numpy.copyto" if ci == 0 else None)
             ax.set_xticks(range(len(names)))
-            ax.set_xticklabels([n.replace(" last", "\nlast").replace(" axis", "\naxis")
-                                for n in names], fontsize=7, rotation=0)
+            ax.set_xticklabels([_short(n) for n in names], fontsize=6.5)
             ax.set_yscale("log")
+            ax.set_ylim(bottom=0.02)
             ax.set_title(f"SIMD {run['simd']}, {t} thread{'s' if t > 1 else ''}", fontsize=9)
-            ax.grid(axis="y", which="both", alpha=0.3)
+            ax.grid(axis="y", which="major", alpha=0.4)
             if ti == 0:
-                ax.set_ylabel("GB/s (read x + write y)")
+                ax.set_ylabel("GB/s (read x + write y)", fontsize=8)
     handles, labels = axes[0][0].get_legend_handles_labels()
-    fig.legend(handles, labels, loc="upper center", ncol=len(labels), fontsize=8, frameon=False)
-    fig.suptitle("layer_norm forward, float32: throughput (higher is better)", y=0.995,
-                 fontsize=10)
-    fig.tight_layout(rect=(0, 0, 1, 0.94 if len(runs) == 1 else 0.97))
+    top = 1 - 0.65 / fig.get_figheight()
+    fig.suptitle("layer_norm forward, float32, median throughput (higher is better)",
+                 fontsize=10, y=0.995)
+    fig.legend(handles, labels, loc="upper center", ncol=len(labels), fontsize=8,
+               frameon=False, bbox_to_anchor=(0.5, 1 - 0.25 / fig.get_figheight()))
+    fig.tight_layout(rect=(0, 0, 1, top))
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=120)
     plt.close(fig)

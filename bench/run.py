@@ -43,24 +43,32 @@ def parse_args(argv=None):
     p.add_argument("--quick", action="store_true",
                    help="short timings (a sanity check, ~1-2 minutes); default --simd auto")
     p.add_argument("--threads", type=int, nargs="+", default=[1, 2], metavar="N",
-                   help="thread counts to run (default: 1 2)")
+                   help="thread counts (default: 1 2); forward, small and layers run at "
+                        "each, the other sections at the largest only")
+    p.add_argument("--all-threads", action="store_true",
+                   help="run every section at every --threads value")
     p.add_argument("--simd", nargs="+", default=None, metavar="LEVEL",
                    help="SIMD levels: auto | all | baseline avx2 avx512 "
                         "(default: all, or auto with --quick)")
     p.add_argument("--ops", default=",".join(sections_mod.OPS),
                    help="comma-separated sections to run (default: all)")
     p.add_argument("--cases", default="",
-                   help="comma-separated substrings; keep only cases whose name matches, "
-                        "e.g. '16384,56, 56'")
+                   help="comma-separated patterns; keep only matching cases, "
+                        "e.g. '16384x1024,32x64x56x56,8x16'")
     p.add_argument("--skip", default="",
                    help="comma-separated libraries to leave out: numpy,torch,onnxruntime,copy")
     g = p.add_argument_group("timing (defaults: full run / --quick)")
-    g.add_argument("--warmup", type=int, help="warm-up calls per implementation (3 / 1)")
-    g.add_argument("--min-iters", type=int, help="at least this many samples (20 / 5)")
-    g.add_argument("--min-time", type=float, help="and at least this many seconds (0.25 / 0.03)")
+    d, q = TimingConfig(), TimingConfig.quick()
+    g.add_argument("--warmup", type=int,
+                   help=f"warm-up calls per implementation ({d.warmup} / {q.warmup})")
+    g.add_argument("--min-iters", type=int,
+                   help=f"at least this many samples ({d.min_iters} / {q.min_iters})")
+    g.add_argument("--min-time", type=float,
+                   help=f"and at least this many seconds ({d.min_time} / {q.min_time})")
     g.add_argument("--max-time", type=float,
-                   help="stop sampling after this many seconds (1.0 / 0.12)")
-    g.add_argument("--rounds", type=int, help="interleaved rounds per group (3 / 2)")
+                   help=f"but stop after this many seconds ({d.max_time} / {q.max_time})")
+    g.add_argument("--rounds", type=int,
+                   help=f"interleaved rounds per group ({d.rounds} / {q.rounds})")
     o = p.add_argument_group("output")
     o.add_argument("--name", help="results file stem (default: benchmark, or quick)")
     o.add_argument("--out-dir", default=str(HERE / "results"), help="default: bench/results")
@@ -170,43 +178,58 @@ class LevelRunner:
                                   f"{type(e).__name__}: {e}")
         return fn, err
 
-    def run_section(self, section):
-        cases = cases_mod.select_cases(section.cases, self.args.case_patterns)
-        for case in cases:
+    def run_group(self, section, data, refs, threads):
+        """Time every implementation of ``section`` on one case at one thread count."""
+        case = data.case
+        for a in self.adapters.values():
+            if a.available:
+                a.set_threads(threads)
+        fns, errs = {}, {}
+        for impl in section.impls:
+            built = self.build(section, impl, data, threads, refs)
+            if built:
+                fns[impl.key], errs[impl.key] = built
+        if not fns:
+            return
+        timings = measure(fns, self.cfg)
+        fns.clear()
+        parts = []
+        for key, t in timings.items():
+            impl = section.impl(key)
+            nbytes = section.bytes_moved(impl, case)
+            self.results.append({
+                "section": section.key, "case": case.name, "shape": list(case.shape),
+                "axes": list(case.axes), "dtype": impl.dtype, "threads": threads,
+                "impl": key, "label": impl.label, "lib": impl.lib,
+                "median_s": t.median, "q1_s": t.q1, "q3_s": t.q3, "best_s": t.best,
+                "spread": t.spread, "samples": t.samples, "batch": t.batch,
+                "calls": t.calls, "bytes": nbytes, "gbps": nbytes / t.median / 1e9,
+                "max_abs_err": errs.get(key)})
+            parts.append(f"{impl.label} {report.fmt_time(t.median)}")
+        print(f"  [{self.level}] {section.key:8s} {case.name:24s} t={threads}: "
+              + " | ".join(parts), flush=True)
+
+    def run_cases(self, sections, seconds):
+        """Case by case (its arrays are generated once and shared by all sections)."""
+        plan = {}
+        for section in sections:
+            for case in cases_mod.select_cases(section.cases, self.args.case_patterns):
+                plan.setdefault(case, []).append(section)
+        for case, secs in plan.items():
             data = cases_mod.CaseData(case, self.args.seed)
             refs = {}
-            for threads in self.args.threads:
+            for section in secs:
+                ts = time.time()
+                counts = self.args.threads
+                if not (section.every_thread_count or self.args.all_threads):
+                    counts = [max(counts)]
+                for threads in counts:
+                    self.run_group(section, data, refs, threads)
                 for a in self.adapters.values():
                     if a.available:
-                        a.set_threads(threads)
-                fns, errs = {}, {}
-                for impl in section.impls:
-                    built = self.build(section, impl, data, threads, refs)
-                    if built:
-                        fns[impl.key], errs[impl.key] = built
-                if not fns:
-                    continue
-                timings = measure(fns, self.cfg)
-                fns.clear()
-                parts = []
-                for key, t in timings.items():
-                    impl = section.impl(key)
-                    nbytes = section.bytes_moved(impl, case)
-                    self.results.append({
-                        "section": section.key, "case": case.name, "shape": list(case.shape),
-                        "axes": list(case.axes), "dtype": impl.dtype, "threads": threads,
-                        "impl": key, "label": impl.label, "lib": impl.lib,
-                        "median_s": t.median, "q1_s": t.q1, "q3_s": t.q3, "best_s": t.best,
-                        "spread": t.spread, "samples": t.samples, "batch": t.batch,
-                        "calls": t.calls, "bytes": nbytes, "gbps": nbytes / t.median / 1e9,
-                        "max_abs_err": errs.get(key)})
-                    parts.append(f"{impl.label} {report.fmt_time(t.median)}")
-                print(f"  [{self.level}] {section.key:8s} {case.name:26s} t={threads}: "
-                      + " | ".join(parts), flush=True)
+                        a.release()
+                seconds[section.key] = round(seconds.get(section.key, 0) + time.time() - ts, 1)
             del data, refs
-            for a in self.adapters.values():
-                if a.available:
-                    a.release()
 
     def run(self):
         info = environment.layernorm_info(self.ln)
@@ -222,14 +245,13 @@ class LevelRunner:
                "unavailable": missing, "timing": vars(self.cfg),
                "threads": self.args.threads, "results": self.results,
                "skipped": self.skipped, "notes": self.notes}
+        sections = sections_mod.select(self.args.ops)
         run["section_seconds"] = {}
-        for section in sections_mod.select(self.args.ops):
-            ts = time.time()
-            self.run_section(section)
-            run["section_seconds"][section.key] = round(time.time() - ts, 1)
-            print(f"  ({section.key}: {run['section_seconds'][section.key]} s)")
+        self.run_cases(sections, run["section_seconds"])
+        for section in sections:
             print()
             print(report.section_markdown(run, section), flush=True)
+        print(f"\n  seconds per section: {run['section_seconds']}")
         ort = self.adapters.get("onnxruntime")
         if ort is not None and ort.available and "rms" in self.args.ops:
             run["ort_rms_op"] = ort.rms_op()
@@ -252,6 +274,8 @@ def worker_argv(args, level, path):
         argv += ["--skip", args.skip]
     if args.no_check:
         argv.append("--no-check")
+    if args.all_threads:
+        argv.append("--all-threads")
     for field in ("warmup", "min_iters", "min_time", "max_time", "rounds"):
         value = getattr(args, field)
         if value is not None:

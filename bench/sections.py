@@ -37,6 +37,8 @@ class Section:
     diffs: list = field(default_factory=list)    # (label, key a, key b): t(a) - t(b) in us
     micro: bool = False      # report microseconds, no GB/s
     about: str = ""
+    every_thread_count: bool = False   # False: only the largest --threads value
+                                       # (unless --all-threads)
 
     def impl(self, key):
         return next(i for i in self.impls if i.key == key)
@@ -74,6 +76,7 @@ def _forward():
         ratios=[("ln/copy", "ln", "copy"), ("ln out=/copy", "ln_out", "copy"),
                 ("ORT/ln", "ort", "ln"), ("ORT io/ln out=", "ort_out", "ln_out"),
                 ("PyTorch/ln", "torch", "ln"), ("NumPy/ln", "numpy", "ln")],
+        every_thread_count=True,
         about="GB/s = (read x + write y) bytes / median time. Weight and bias on.")
 
 
@@ -182,7 +185,7 @@ def _small():
         "small", "small", "Small calls, float32 (microseconds)", SMALL_CASES, impls,
         ratios=[("PyTorch/ln", "torch", "ln"), ("ORT/ln", "ort", "ln"),
                 ("NumPy/ln", "numpy", "ln")],
-        micro=True,
+        micro=True, every_thread_count=True,
         about="Median per-call time of back-to-back calls (tiny calls timed in batches).")
 
 
@@ -200,7 +203,7 @@ def _layers():
         ratios=[("LayerNorm/fn", "module", "fn"), ("LayerNormalization/fn", "keras", "fn")],
         diffs=[("LayerNorm overhead", "module", "fn"),
                ("LayerNormalization overhead", "keras", "fn")],
-        micro=True,
+        micro=True, every_thread_count=True,
         about="Overhead = t(layer call) - t(ln.layer_norm), in microseconds.")
 
 

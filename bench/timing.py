@@ -31,9 +31,9 @@ _clock = time.perf_counter
 @dataclass
 class TimingConfig:
     warmup: int = 2             # calls after the (untimed) output-check call
-    min_iters: int = 20
-    min_time: float = 0.25      # seconds per callable (summed over rounds)
-    max_time: float = 1.0       # seconds per callable, cap (summed over rounds)
+    min_iters: int = 15
+    min_time: float = 0.2       # seconds per callable (summed over rounds)
+    max_time: float = 0.6       # seconds per callable, cap (summed over rounds)
     rounds: int = 3
     sample_time: float = 2e-4   # tiny calls are batched up to this per sample
     pause: float = 0.003        # seconds of sleep before each turn

@@ -199,18 +199,31 @@ def ulp_distance(a, b):
     return np.abs(_ordered_bits(a) - _ordered_bits(b))
 
 
-def assert_within_ulp(actual, expected64, dtype, ulps=1, what="result"):
-    """`actual` (of half `dtype`) is within `ulps` of the float64 `expected64` rounded to `dtype`."""
+def assert_within_ulp(actual, expected64, dtype, ulps=1, atol=0.0, what="result"):
+    """`actual` (of half `dtype`) is within `ulps` of the float64 `expected64`
+    rounded to `dtype`, or within `atol` of `expected64`: half results are
+    float32 computations rounded once, so near zero (where bfloat16's ulp is
+    far below float32's absolute error on the row) the float32 error decides."""
     actual = np.asarray(actual)
     assert actual.dtype == np.dtype(dtype), f"{what}: dtype {actual.dtype}, expected {np.dtype(dtype)}"
-    expected = np.asarray(expected64, dtype=np.float64).astype(dtype)
+    exact = np.asarray(expected64, dtype=np.float64)
+    expected = exact.astype(dtype)
     assert actual.shape == expected.shape, f"{what}: shape {actual.shape}, expected {expected.shape}"
     distance = ulp_distance(actual, expected)
-    worst = int(distance.max(initial=0))
-    if worst > ulps:
-        i = np.unravel_index(int(distance.argmax()), distance.shape)
-        raise AssertionError(f"{what}: {worst} ulps off at {i}: got {actual[i]!r}, "
-                             f"expected {expected[i]!r} (float64 {np.asarray(expected64)[i]!r})")
+    bad = (distance > ulps) & ~(np.abs(actual.astype(np.float64) - exact) <= atol)
+    if np.any(bad):
+        i = tuple(int(k) for k in np.argwhere(bad)[0])
+        raise AssertionError(f"{what}: {int(np.count_nonzero(bad))} elements off, e.g. {distance[i]} ulps "
+                             f"at {i}: got {actual[i]!r}, expected {expected[i]!r} (float64 {exact[i]!r})")
+
+
+def assert_matches_reference(actual, expected64, what="result"):
+    """float32/float64 within TOLERANCE; float16/bfloat16 within 1 ulp (or float32's error)."""
+    dtype = np.asarray(actual).dtype
+    if dtype.itemsize == 2:
+        assert_within_ulp(actual, expected64, dtype, atol=2e-6, what=what)
+    else:
+        assert_close(actual, expected64, what=what)
 
 
 @contextlib.contextmanager
@@ -265,3 +278,94 @@ def relative_error(actual, expected, floor=1.0):
     if actual.size == 0:
         return 0.0
     return float(np.max(np.abs(actual - expected)) / max(floor, np.max(np.abs(expected))))
+
+
+# ---------------------------------------------------------------- checks against the reference
+#
+# Each runs one function of the package on its inputs and compares every
+# output with the float64 reference (`layernorm._reference`): float32/float64
+# within TOLERANCE, float16/bfloat16 within 1 ulp (assert_matches_reference).
+# Gradients dx are compared relative to their natural scale rstd * max|dy * weight|
+# (a row with a tiny variance has a large rstd); dweight/dbias relative to their size.
+
+GRAD_TOLERANCE = {FLOAT32: 2e-6, FLOAT64: 1e-12}
+
+
+def _stats_tolerance(dtype):
+    return 1e-12 if np.dtype(dtype) == FLOAT64 else 2e-6
+
+
+def check_layer_norm(x, axis=-1, weight=None, bias=None, eps=1e-5):
+    """layer_norm(x, return_stats=True) against the reference; returns (y, mean, rstd)."""
+    x = np.asarray(x)
+    y, mean, rstd = ln.layer_norm(x, axis, weight, bias, eps, return_stats=True)
+    ry, rmean, rrstd = ref.layer_norm(x, axis, weight, bias, eps)
+    dtype = x.dtype.newbyteorder("=")
+    assert y.dtype == dtype, f"y has dtype {y.dtype}, expected {dtype}"
+    assert_matches_reference(y, ry, what="y")
+    tol = _stats_tolerance(dtype)
+    assert_close(mean, rmean, stats_dtype(dtype), tol=tol, what="mean")
+    assert_close(rstd, rrstd, stats_dtype(dtype), tol=tol, what="rstd")
+    return y, mean, rstd
+
+
+def check_rms_norm(x, axis=-1, weight=None, eps=None):
+    """rms_norm(x, return_stats=True) against the reference; returns (y, rrms)."""
+    x = np.asarray(x)
+    y, rrms = ln.rms_norm(x, axis, weight, eps, return_stats=True)
+    ry, rrrms = ref.rms_norm(x, axis, weight, eps)
+    dtype = x.dtype.newbyteorder("=")
+    assert y.dtype == dtype
+    assert_matches_reference(y, ry, what="y")
+    assert_close(rrms, rrrms, stats_dtype(dtype), tol=_stats_tolerance(dtype), what="rrms")
+    return y, rrms
+
+
+def _check_dx(dx, rdx, rstd, dy, weight, dtype):
+    assert dx.dtype == dtype and dx.shape == rdx.shape, "dx dtype/shape"
+    scale = np.asarray(rstd, np.float64) * np.max(np.abs(np.asarray(dy, np.float64)), initial=0)
+    if weight is not None:
+        scale = scale * np.max(np.abs(np.asarray(weight, np.float64)), initial=0)
+    if dtype.itemsize == 2:
+        assert_within_ulp(dx, rdx, dtype, atol=2e-6 * scale, what="dx")
+    else:
+        error = np.max(np.abs(dx.astype(np.float64) - rdx) / scale, initial=0.0)
+        assert error <= GRAD_TOLERANCE[dtype], f"dx: error {error} relative to rstd * max|dy * weight|"
+
+
+def _check_param_grad(got, expected, shape, weight, dtype, what):
+    assert got.shape == shape, f"{what} shape {got.shape}, expected {shape}"
+    grad_dtype = np.asarray(weight).dtype if weight is not None else stats_dtype(dtype)
+    assert got.dtype == grad_dtype, f"{what} dtype {got.dtype}, expected {grad_dtype}"
+    if grad_dtype.itemsize == 2:
+        assert_within_ulp(got, expected, grad_dtype, what=what)
+    else:
+        tol = 1e-5 if dtype.itemsize == 2 else GRAD_TOLERANCE[stats_dtype(dtype)]
+        error = relative_error(got, expected)
+        assert error <= tol, f"{what}: relative error {error}"
+
+
+def check_layer_norm_backward(x, dy, axis=-1, weight=None):
+    """layer_norm_backward with the forward's own statistics against the reference."""
+    x, dy = np.asarray(x), np.asarray(dy)
+    _, mean, rstd = ln.layer_norm(x, axis, weight, return_stats=True)
+    dx, dweight, dbias = ln.layer_norm_backward(dy, x, mean, rstd, axis, weight)
+    rdx, rdweight, rdbias = ref.layer_norm_backward(dy, x, mean, rstd, axis, weight)
+    dtype = x.dtype.newbyteorder("=")
+    _check_dx(dx, rdx, rstd, dy, weight, dtype)
+    pshape = param_shape(x.shape, axis)
+    _check_param_grad(dweight, rdweight, pshape, weight, dtype, "dweight")
+    _check_param_grad(dbias, rdbias, pshape, weight, dtype, "dbias")
+    return dx, dweight, dbias
+
+
+def check_rms_norm_backward(x, dy, axis=-1, weight=None):
+    """rms_norm_backward with the forward's own statistics against the reference."""
+    x, dy = np.asarray(x), np.asarray(dy)
+    _, rrms = ln.rms_norm(x, axis, weight, return_stats=True)
+    dx, dweight = ln.rms_norm_backward(dy, x, rrms, axis, weight)
+    rdx, rdweight = ref.rms_norm_backward(dy, x, rrms, axis, weight)
+    dtype = x.dtype.newbyteorder("=")
+    _check_dx(dx, rdx, rrms, dy, weight, dtype)
+    _check_param_grad(dweight, rdweight, param_shape(x.shape, axis), weight, dtype, "dweight")
+    return dx, dweight

@@ -5,34 +5,11 @@ import numpy as np
 import pytest
 
 import layernorm as ln
-from conftest import (FLOAT32, FLOAT64, assert_close, in_layout, keepdims_shape, numeric_gradient,
-                      param_shape, random_array, random_params, ref, relative_error,
-                      shape_axis_cases, stats_dtype)
+from conftest import (FLOAT32, FLOAT64, assert_close, check_layer_norm_backward, in_layout,
+                      keepdims_shape, numeric_gradient, param_shape, random_array, random_params,
+                      ref, shape_axis_cases, stats_dtype)
 
 SHAPES = [(5,), (3, 4), (2, 3, 4), (2, 3, 2, 3)]
-# dx relative to rstd * max|dy * weight| (its natural scale: a row with a tiny
-# variance has a large rstd); parameter gradients relative to their size
-DX_TOL = {FLOAT32: 2e-6, FLOAT64: 1e-12}
-PARAM_TOL = {FLOAT32: 1e-6, FLOAT64: 1e-12}
-
-
-def check_backward(x, dy, axis, weight=None):
-    """Kernel gradients (with the forward's own statistics) against the reference."""
-    _, mean, rstd = ln.layer_norm(x, axis, weight, return_stats=True)
-    dx, dweight, dbias = ln.layer_norm_backward(dy, x, mean, rstd, axis, weight)
-    rdx, rdweight, rdbias = ref.layer_norm_backward(dy, x, mean, rstd, axis, weight)
-    dtype = np.asarray(x).dtype
-    assert dx.dtype == dtype and dx.shape == rdx.shape
-    scale = np.asarray(rstd, np.float64) * np.max(np.abs(np.asarray(dy, np.float64)))
-    scale *= 1.0 if weight is None else np.max(np.abs(weight))
-    error = np.max(np.abs(dx.astype(np.float64) - rdx) / scale, initial=0.0)
-    assert error <= DX_TOL[dtype], f"dx: error {error} relative to rstd * max|dy * weight|"
-    pshape = param_shape(np.shape(x), axis)
-    for name, got, expected in (("dweight", dweight, rdweight), ("dbias", dbias, rdbias)):
-        assert got.shape == pshape, name
-        error = relative_error(got, expected)
-        assert error <= PARAM_TOL[dtype], f"{name}: relative error {error}"
-    return dx, dweight, dbias
 
 
 @pytest.mark.parametrize("with_weight", [False, True], ids=["no-weight", "weight"])
@@ -42,7 +19,7 @@ def test_against_reference_every_axis_set(simd, rng, shape, axes, dtype, with_we
     x = random_array(rng, shape, dtype, offset=0.5)
     dy = random_array(rng, shape, dtype)
     weight = random_params(rng, param_shape(shape, axes), dtype)[0] if with_weight else None
-    check_backward(x, dy, axes, weight)
+    check_layer_norm_backward(x, dy, axes, weight)
 
 
 @pytest.mark.parametrize("with_weight", [False, True], ids=["no-weight", "weight"])
@@ -76,7 +53,7 @@ def test_kernel_paths(simd, rng, dtype, shape, axis):
     x = random_array(rng, shape, dtype, offset=3.0)
     dy = random_array(rng, shape, dtype)
     weight = random_params(rng, param_shape(shape, axis), dtype)[0]
-    check_backward(x, dy, axis, weight)
+    check_layer_norm_backward(x, dy, axis, weight)
 
 
 @pytest.mark.parametrize("shape, axis", [((262144, 8), -1), ((4096, 64, 4), 1)])

@@ -2,15 +2,18 @@
 
 Half-precision data is computed in float32 and rounded once: every half
 output must be within 1 ulp of the float64 reference (of the same half
-inputs) rounded to the half type.  Statistics are float32.  Weights may be
-float32 (mixed) or of x's dtype."""
+inputs) rounded to the half type, except where that ulp is smaller than
+float32's own error on the row (bfloat16 values near 0): there within
+float32's tolerance (see conftest.assert_within_ulp).  Statistics are
+float32.  Weights may be float32 (mixed) or of x's dtype."""
 import numpy as np
 import pytest
 
 import layernorm as ln
-from conftest import (FLOAT32, HALF_DTYPES, assert_close, assert_within_ulp, in_layout,
-                      keepdims_shape, param_shape, random_array, random_params, ref, relative_error,
-                      ulp_distance, unchanged)
+from conftest import (FLOAT32, HALF_DTYPES, assert_matches_reference, assert_within_ulp,
+                      check_layer_norm, check_layer_norm_backward, check_rms_norm,
+                      check_rms_norm_backward, in_layout, keepdims_shape, param_shape,
+                      random_array, random_params, ref, ulp_distance, unchanged)
 
 pytestmark = pytest.mark.parametrize("dtype", HALF_DTYPES)
 
@@ -32,12 +35,8 @@ def make_params(rng, shape, axis, dtype, kind):
 def test_layer_norm(simd, rng, dtype, shape, axis, weights):
     x = random_array(rng, shape, dtype, offset=0.5)
     weight, bias = make_params(rng, shape, axis, dtype, weights)
-    y, mean, rstd = ln.layer_norm(x, axis, weight, bias, return_stats=True)
-    ry, rmean, rrstd = ref.layer_norm(x, axis, weight, bias)
-    assert_within_ulp(y, ry, dtype, what="y")
+    y, mean, rstd = check_layer_norm(x, axis, weight, bias)
     assert mean.shape == rstd.shape == keepdims_shape(shape, axis)
-    assert_close(mean, rmean, FLOAT32, what="mean")
-    assert_close(rstd, rrstd, FLOAT32, tol=2e-6, what="rstd")
     assert np.array_equal(ln.layer_norm(x, axis, weight, bias), y)
 
 
@@ -46,24 +45,17 @@ def test_layer_norm(simd, rng, dtype, shape, axis, weights):
 def test_rms_norm(simd, rng, dtype, shape, axis, weights):
     x = random_array(rng, shape, dtype, offset=0.5)
     weight, _ = make_params(rng, shape, axis, dtype, weights)
-    y, rrms = ln.rms_norm(x, axis, weight, return_stats=True)
-    ry, rrrms = ref.rms_norm(x, axis, weight, eps=float(np.finfo(np.float32).eps))
-    assert_within_ulp(y, ry, dtype, what="y")
-    assert_close(rrms, rrrms, FLOAT32, tol=2e-6, what="rrms")
+    check_rms_norm(x, axis, weight)
 
 
 @pytest.mark.parametrize("weights", WEIGHTS)
 @pytest.mark.parametrize("shape, axis", CASES)
 def test_layer_norm_backward(simd, rng, dtype, shape, axis, weights):
+    """dx within 1 ulp; dweight/dbias float32 (1e-5) or, with a half weight, 1 ulp of it."""
     x = random_array(rng, shape, dtype, offset=0.5)
     dy = random_array(rng, shape, dtype)
-    weight, bias = make_params(rng, shape, axis, dtype, weights)
-    _, mean, rstd = ln.layer_norm(x, axis, weight, bias, return_stats=True)
-    dx, dweight, dbias = ln.layer_norm_backward(dy, x, mean, rstd, axis, weight)
-    rdx, rdweight, rdbias = ref.layer_norm_backward(dy, x, mean, rstd, axis, weight)
-    assert_within_ulp(dx, rdx, dtype, what="dx")
-    check_parameter_gradient(dweight, rdweight, weight, dtype, "dweight")
-    check_parameter_gradient(dbias, rdbias, weight, dtype, "dbias")
+    weight, _ = make_params(rng, shape, axis, dtype, weights)
+    check_layer_norm_backward(x, dy, axis, weight)
 
 
 @pytest.mark.parametrize("weights", WEIGHTS)
@@ -72,20 +64,7 @@ def test_rms_norm_backward(simd, rng, dtype, shape, axis, weights):
     x = random_array(rng, shape, dtype, offset=0.5)
     dy = random_array(rng, shape, dtype)
     weight, _ = make_params(rng, shape, axis, dtype, weights)
-    _, rrms = ln.rms_norm(x, axis, weight, return_stats=True)
-    dx, dweight = ln.rms_norm_backward(dy, x, rrms, axis, weight)
-    rdx, rdweight = ref.rms_norm_backward(dy, x, rrms, axis, weight)
-    assert_within_ulp(dx, rdx, dtype, what="dx")
-    check_parameter_gradient(dweight, rdweight, weight, dtype, "dweight")
-
-
-def check_parameter_gradient(got, expected, weight, dtype, what):
-    """float32 unless the weight is of the half dtype (then 1 ulp of that dtype)."""
-    if weight is not None and weight.dtype == dtype:
-        assert_within_ulp(got, expected, dtype, what=what)
-    else:
-        assert got.dtype == np.float32, what
-        assert relative_error(got, expected) <= 1e-5, what
+    check_rms_norm_backward(x, dy, axis, weight)
 
 
 @pytest.mark.parametrize("kind", ["layer", "rms"])
@@ -103,7 +82,7 @@ def test_fused_add(simd, rng, dtype, shape, axis, weights, kind):
         ry = ref.rms_norm(s, axis, weight, eps=float(np.finfo(np.float32).eps))[0]
     assert s.dtype == dtype
     assert np.array_equal(s.view(np.uint16), (x + r).view(np.uint16)), "s != x + residual"
-    assert_within_ulp(y, ry, dtype, what="y")
+    assert_matches_reference(y, ry, what="y")
 
 
 @pytest.mark.parametrize("axis", [-1, 1, (0, 2)])

@@ -5,9 +5,10 @@ import numpy as np
 import pytest
 
 import layernorm as ln
-from conftest import (FLOAT32, FLOAT64, assert_close, assert_sentinel, fill_sentinel, in_layout,
-                      keepdims_shape, numeric_gradient, param_shape, random_array, random_params,
-                      ref, relative_error, shape_axis_cases, stats_dtype, unchanged)
+from conftest import (FLOAT32, FLOAT64, assert_close, assert_sentinel, check_rms_norm,
+                      check_rms_norm_backward, fill_sentinel, in_layout, keepdims_shape,
+                      numeric_gradient, param_shape, random_array, random_params, ref,
+                      shape_axis_cases, unchanged)
 
 SHAPES = [(6,), (3, 5), (2, 3, 4), (2, 3, 2, 3)]
 FLOATS = [FLOAT32, FLOAT64]
@@ -22,10 +23,7 @@ AXES_3D = [-1, 1, (0, 2), (1, 2), (0, 1, 2)]   # rows, strided, transposed, rows
 def test_rms_norm_every_axis_set(simd, rng, shape, axes, dtype, with_weight):
     x = random_array(rng, shape, dtype, offset=0.3)
     weight = random_params(rng, param_shape(shape, axes), dtype)[0] if with_weight else None
-    y, rrms = ln.rms_norm(x, axes, weight, return_stats=True)
-    ry, rrrms = ref.rms_norm(x, axes, weight)
-    assert_close(y, ry, dtype, what="y")
-    assert_close(rrms, rrrms, stats_dtype(dtype), what="rrms")
+    y, rrms = check_rms_norm(x, axes, weight)
     assert rrms.shape == keepdims_shape(shape, axes)
     assert np.array_equal(ln.rms_norm(x, axes, weight), y)
 
@@ -36,7 +34,7 @@ def test_rms_norm_every_axis_set(simd, rng, shape, axes, dtype, with_weight):
 def test_rms_norm_kernel_paths(simd, rng, dtype, shape, axis):
     x = random_array(rng, shape, dtype, offset=-1.0)
     weight = random_params(rng, param_shape(shape, axis), dtype)[0]
-    assert_close(ln.rms_norm(x, axis, weight), ref.rms_norm(x, axis, weight)[0], dtype)
+    check_rms_norm(x, axis, weight)
 
 
 @pytest.mark.parametrize("dtype, default", [(FLOAT32, np.finfo(np.float32).eps),
@@ -113,20 +111,6 @@ def test_rms_norm_rejects_bias(rng):
 
 # ---------------------------------------------------------------- rms_norm_backward
 
-def check_rms_backward(x, dy, axis, weight=None, tol=None):
-    _, rrms = ln.rms_norm(x, axis, weight, return_stats=True)
-    dx, dweight = ln.rms_norm_backward(dy, x, rrms, axis, weight)
-    rdx, rdweight = ref.rms_norm_backward(dy, x, rrms, axis, weight)
-    dtype = np.asarray(x).dtype
-    tol = {FLOAT32: 2e-6, FLOAT64: 1e-12}[dtype] if tol is None else tol
-    scale = np.asarray(rrms, np.float64) * np.max(np.abs(dy)) * (1 if weight is None else np.max(weight))
-    assert dx.dtype == dtype and dx.shape == np.shape(x)
-    assert np.max(np.abs(dx - rdx) / scale, initial=0) <= tol, "dx"
-    assert dweight.shape == param_shape(np.shape(x), axis)
-    assert relative_error(dweight, rdweight) <= tol, "dweight"
-    return dx, dweight
-
-
 @pytest.mark.parametrize("with_weight", [False, True], ids=["no-weight", "weight"])
 @pytest.mark.parametrize("dtype", FLOATS, ids=str)
 @pytest.mark.parametrize("shape, axes", shape_axis_cases(SHAPES))
@@ -134,7 +118,7 @@ def test_rms_backward_every_axis_set(simd, rng, shape, axes, dtype, with_weight)
     x = random_array(rng, shape, dtype, offset=0.2)
     dy = random_array(rng, shape, dtype)
     weight = random_params(rng, param_shape(shape, axes), dtype)[0] if with_weight else None
-    check_rms_backward(x, dy, axes, weight)
+    check_rms_norm_backward(x, dy, axes, weight)
 
 
 @pytest.mark.parametrize("dtype", FLOATS, ids=str)
@@ -144,7 +128,7 @@ def test_rms_backward_kernel_paths(simd, rng, dtype, shape, axis):
     x = random_array(rng, shape, dtype, offset=1.0)
     dy = random_array(rng, shape, dtype, offset=0.5)
     weight = random_params(rng, param_shape(shape, axis), dtype)[0]
-    check_rms_backward(x, dy, axis, weight, tol=1e-5 if dtype == FLOAT32 else 1e-12)
+    check_rms_norm_backward(x, dy, axis, weight)
 
 
 @pytest.mark.parametrize("with_weight", [False, True], ids=["no-weight", "weight"])
@@ -349,3 +333,49 @@ def test_fused_add_empty(kind):
     x = np.zeros((0, 4), np.float32)
     y, s = fused(kind, x, x, -1, None, None, 1e-5)
     assert y.shape == s.shape == (0, 4) and y.dtype == s.dtype == np.float32
+
+
+ALIASES = [("x", None), ("residual", None), (None, "x"), (None, "residual"), ("x", "residual"),
+           ("residual", "x")]
+
+
+@pytest.mark.parametrize("kind", KINDS)
+@pytest.mark.parametrize("out_name, sum_name", ALIASES)
+@pytest.mark.parametrize("shape, axis", [((6, 40), -1), ((4, 5, 6), 1), ((4, 5, 6), (0, 2)),
+                                         ((2, 1 << 17), -1), ((3, 16, 1000), 1)])
+def test_outputs_aliasing_inputs(simd, rng, kind, out_name, sum_name, shape, axis):
+    """out and sum_out may be x or residual themselves (the in-place residual stream)."""
+    x, r = random_array(rng, shape, FLOAT32), random_array(rng, shape, FLOAT32, offset=5.0)
+    ey, es = unfused(kind, x, r, axis, None, None, 1e-5)
+    arrays = {"x": x, "residual": r, None: None}
+    y, s = fused(kind, x, r, axis, None, None, 1e-5, out=arrays[out_name], sum_out=arrays[sum_name])
+    assert y is arrays[out_name] or out_name is None
+    assert s is arrays[sum_name] or sum_name is None
+    assert np.array_equal(y, ey), "y"
+    assert np.array_equal(s, es), "s"
+
+
+@pytest.mark.parametrize("kind", KINDS)
+@pytest.mark.parametrize("target", ["out", "sum_out"])
+@pytest.mark.parametrize("source", ["x", "residual"])
+@pytest.mark.parametrize("shift", [1, -2])
+def test_outputs_partially_overlapping_inputs(rng, kind, target, source, shift):
+    """An output overlapping x or residual partially: results as computed from the
+    original inputs, and the rest of the shared buffer untouched."""
+    rows, cols = 8, 32
+    buffer = random_array(rng, (rows + abs(shift), cols), FLOAT32)
+    original = buffer.copy()
+    in_rows = slice(0, rows) if shift > 0 else slice(-shift, rows - shift)
+    out_rows = slice(shift, rows + shift) if shift > 0 else slice(0, rows)
+    inputs = {"x": random_array(rng, (rows, cols), FLOAT32),
+              "residual": random_array(rng, (rows, cols), FLOAT32)}
+    inputs[source] = buffer[in_rows]
+    ey, es = unfused(kind, inputs["x"].copy(), inputs["residual"].copy(), -1, None, None, 1e-5)
+    output = buffer[out_rows]
+    y, s = fused(kind, inputs["x"], inputs["residual"], -1, None, None, 1e-5, **{target: output})
+    assert (y if target == "out" else s) is output
+    assert np.array_equal(output, ey if target == "out" else es)
+    assert np.array_equal(s if target == "out" else y, es if target == "out" else ey)
+    covered = np.zeros(len(buffer), bool)
+    covered[out_rows] = True
+    assert np.array_equal(buffer[~covered], original[~covered])

@@ -4,50 +4,73 @@
  *
  * No transposed copy: work items are (outer index, tile of LN_TILE inner
  * positions).  Pass 1 walks down `reduce`, updating per-position Welford
- * moments (double accumulators, data shifted by the position's first value);
- * pass 2 normalizes the tile, which is still in cache.  Each output depends
+ * moments in the compute type on data shifted by the position's first value,
+ * merged every LN_CHUNK_ROWS rows into float64 moments (Chan); pass 2
+ * normalizes the tile, which is still in cache.  Each output depends
  * on its item only, so any thread count gives the same bits.
  */
 #include "layernorm/kernel_common.h"
 #include "layernorm/spans.h"
 
+/* Rows of `reduce` folded into the float Welford state before it is merged
+ * into the float64 state: bounds the float rounding for long reductions. */
+#define LN_CHUNK_ROWS 64
+
 typedef struct {
     C shift[LN_TILE], lo[LN_TILE], scale[LN_TILE];
-    double mean[LN_TILE], m2[LN_TILE];
+    C chunk_mean[LN_TILE], chunk_m2[LN_TILE];     /* this chunk, in the compute type */
+    double mean[LN_TILE], m2[LN_TILE];            /* chunks merged so far */
 } tile_state;
 
-/* One row of the tile (reduce index r) into the running moments. */
-static inline void accumulate_row(tile_state *st, const E *x, int64_t width, int64_t r, int rms)
+/* Row r of the chunk that started at row `first` into the chunk moments:
+ * Welford on data shifted by each position's first value (exact for data
+ * with a large common offset), one reciprocal per row. */
+static inline void accumulate_row(tile_state *st, const E *x, int64_t width, int64_t r, int64_t first, int rms)
 {
     int64_t i = 0;
     if (rms) {
         for (; i + VL <= width; i += VL) {
-            const VD v = vwiden(LOADV(x + i));
-            vd_store(st->m2 + i, vd_load(st->m2 + i) + v * v);
+            const V v = LOADV(x + i);
+            vstore_c(st->chunk_m2 + i, vload_c(st->chunk_m2 + i) + v * v);
         }
-        for (; i < width; i++) { const double v = LOAD1(x + i); st->m2[i] += v * v; }
+        for (; i < width; i++) { const C v = LOAD1(x + i); st->chunk_m2[i] += v * v; }
         return;
     }
     if (r == 0) {
         for (; i + VL <= width; i += VL) vstore_c(st->shift + i, LOADV(x + i));
         for (; i < width; i++) st->shift[i] = LOAD1(x + i);
-        for (i = 0; i < width; i++) st->mean[i] = st->m2[i] = 0;
-        return;
     }
-    const double inv = 1.0 / (double)(r + 1);
-    for (; i + VL <= width; i += VL) {
-        const VD v = vwiden(LOADV(x + i) - vload_c(st->shift + i));
-        const VD mean = vd_load(st->mean + i);
-        const VD delta = v - mean;
-        const VD new_mean = mean + delta * inv;
-        vd_store(st->mean + i, new_mean);
-        vd_store(st->m2 + i, vd_load(st->m2 + i) + delta * (v - new_mean));
+    const C inv = (C)1 / (C)(r - first + 1);
+    for (i = 0; i + VL <= width; i += VL) {
+        const V v = LOADV(x + i) - vload_c(st->shift + i);
+        const V mean = vload_c(st->chunk_mean + i);
+        const V delta = v - mean;
+        const V new_mean = mean + delta * inv;
+        vstore_c(st->chunk_mean + i, new_mean);
+        vstore_c(st->chunk_m2 + i, vload_c(st->chunk_m2 + i) + delta * (v - new_mean));
     }
     for (; i < width; i++) {
-        const double v = (double)(LOAD1(x + i) - st->shift[i]);
-        const double delta = v - st->mean[i];
-        st->mean[i] += delta * inv;
-        st->m2[i] += delta * (v - st->mean[i]);
+        const C v = LOAD1(x + i) - st->shift[i];
+        const C delta = v - st->chunk_mean[i];
+        st->chunk_mean[i] += delta * inv;
+        st->chunk_m2[i] += delta * (v - st->chunk_mean[i]);
+    }
+}
+
+/* Chan-merge the chunk (count_b rows) into the float64 state (count_a rows)
+ * and clear the chunk. */
+static inline void merge_chunk(tile_state *st, int64_t width, double count_a, double count_b, int rms)
+{
+    const double n = count_a + count_b, wb = count_b / n, wab = count_a * count_b / n;
+    for (int64_t i = 0; i < width; i++) {
+        if (rms) {
+            st->m2[i] += (double)st->chunk_m2[i];
+        } else {
+            const double delta = (double)st->chunk_mean[i] - st->mean[i];
+            st->mean[i] += delta * wb;
+            st->m2[i] += (double)st->chunk_m2[i] + delta * delta * wab;
+        }
+        st->chunk_mean[i] = st->chunk_m2[i] = 0;
     }
 }
 
@@ -68,14 +91,20 @@ static void forward_tile(const ln_forward_args *a, int64_t o, int64_t i0, int64_
     const int64_t base = o * reduce * inner + i0;
     const int rms = a->mode == LN_MODE_RMS_NORM;
     const E *src = a->residual ? (const E *)a->sum_out : (const E *)a->x;
-    if (rms) {
-        for (int64_t i = 0; i < width; i++) st->shift[i] = st->lo[i] = 0, st->m2[i] = 0;
+    for (int64_t i = 0; i < width; i++) {
+        st->shift[i] = st->lo[i] = 0;
+        st->mean[i] = st->m2[i] = 0;
+        st->chunk_mean[i] = st->chunk_m2[i] = 0;
     }
-    for (int64_t r = 0; r < reduce; r++) {
-        const int64_t offset = base + r * inner;
-        if (a->residual)
-            add_span((const E *)a->x + offset, (const E *)a->residual + offset, (E *)a->sum_out + offset, width);
-        accumulate_row(st, src + offset, width, r, rms);
+    for (int64_t first = 0; first < reduce; first += LN_CHUNK_ROWS) {
+        const int64_t last = first + LN_CHUNK_ROWS < reduce ? first + LN_CHUNK_ROWS : reduce;
+        for (int64_t r = first; r < last; r++) {
+            const int64_t offset = base + r * inner;
+            if (a->residual)
+                add_span((const E *)a->x + offset, (const E *)a->residual + offset, (E *)a->sum_out + offset, width);
+            accumulate_row(st, src + offset, width, r, first, rms);
+        }
+        merge_chunk(st, width, (double)first, (double)(last - first), rms);
     }
     const int64_t stat = o * inner + i0;
     for (int64_t i = 0; i < width; i++) {

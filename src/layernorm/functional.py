@@ -48,11 +48,11 @@ def _trailing_start(axis, ndim):
 
 def _fast_forward(mode, x, axis, weight, bias, eps, out, return_stats):
     """The common small call, checked cheaply: a C-contiguous float32/float64
-    array over trailing axes (axis an int or a tuple), no out, weight/bias
-    None or C-contiguous arrays of x's dtype.  Returns None when the general
+    array over trailing axes (axis an int or a tuple), weight/bias None or
+    C-contiguous arrays of x's dtype, out None, x itself, or a C-contiguous
+    writeable array that overlaps no input.  Returns None when the general
     path must run."""
-    if (type(x) is not np.ndarray or out is not None
-            or type(eps) is not float or not 0.0 <= eps < math.inf):
+    if type(x) is not np.ndarray or type(eps) is not float or not 0.0 <= eps < math.inf:
         return None
     code = _FAST_CODES.get(x.dtype)
     if code is None or not x.flags.c_contiguous or x.ndim == 0 or x.size == 0:
@@ -68,8 +68,17 @@ def _fast_forward(mode, x, axis, weight, bias, eps, out, return_stats):
         if p is not None and (type(p) is not np.ndarray or p.dtype != x.dtype or p.shape != pshape
                               or not p.flags.c_contiguous):
             return None
+    if out is None:
+        y = np.empty_like(x)
+    elif out is x and x.flags.writeable:
+        y = out
+    elif (type(out) is np.ndarray and out.dtype == x.dtype and out.shape == x.shape
+          and out.flags.c_contiguous and out.flags.writeable
+          and not any(p is not None and np.may_share_memory(out, p) for p in (x, weight, bias))):
+        y = out
+    else:
+        return None
     n = math.prod(pshape)
-    y = np.empty_like(x)
     mean = rstd = None
     if return_stats:
         sshape = x.shape[:start] + (1,) * len(pshape)
