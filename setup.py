@@ -12,6 +12,7 @@ import shutil
 import sys
 import tempfile
 import warnings
+from concurrent.futures import ThreadPoolExecutor
 
 import numpy
 from Cython.Build import cythonize
@@ -91,21 +92,25 @@ class build_ext_with_kernels(build_ext):
         super().build_extensions()
 
     def compile_kernels(self, ext, levels, openmp):
-        objects = []
-        for level in levels:
+        """One object per (template, level, dtype), compiled in parallel."""
+
+        def compile_one(job):
+            level, dtype = job
             vector_bytes, flags = SIMD_LEVELS[level]
-            for dtype, code in DTYPES.items():
-                macros = [("LN_DT", str(code)), ("LN_DT_NAME", dtype), ("LN_ISA_NAME", level),
-                          ("LN_VECTOR_BYTES", str(vector_bytes))]
-                objects += self.compiler.compile(
-                    KERNEL_TEMPLATES,
-                    output_dir=os.path.join(self.build_temp, "kernels", level, dtype),
-                    macros=macros,
-                    include_dirs=ext.include_dirs,
-                    extra_postargs=COMMON_FLAGS + flags + openmp,
-                    depends=ext.depends,
-                )
-        return objects
+            macros = [("LN_DT", str(DTYPES[dtype])), ("LN_DT_NAME", dtype), ("LN_ISA_NAME", level),
+                      ("LN_VECTOR_BYTES", str(vector_bytes))]
+            return self.compiler.compile(
+                KERNEL_TEMPLATES,
+                output_dir=os.path.join(self.build_temp, "kernels", level, dtype),
+                macros=macros,
+                include_dirs=ext.include_dirs,
+                extra_postargs=COMMON_FLAGS + flags + openmp,
+                depends=ext.depends,
+            )
+
+        jobs = [(level, dtype) for level in levels for dtype in DTYPES]
+        with ThreadPoolExecutor(max_workers=os.cpu_count() or 1) as pool:
+            return [obj for objects in pool.map(compile_one, jobs) for obj in objects]
 
 
 def extension():

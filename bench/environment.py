@@ -104,6 +104,21 @@ def machine():
     }
 
 
+def load_average():
+    try:
+        return [round(v, 2) for v in os.getloadavg()]
+    except (AttributeError, OSError):
+        return None
+
+
+def busy_warning(load, cpus):
+    """A warning when other work already keeps the CPUs busy (None when idle)."""
+    if load and cpus and load[0] > 0.5 * cpus:
+        return (f"the machine is busy (1-minute load average {load[0]} on {cpus} CPUs "
+                f"before the run): timings, multi-thread ones most of all, are unreliable")
+    return None
+
+
 def layernorm_info(ln):
     """Version, location and show_config() of the imported layernorm."""
     buf = io.StringIO()

@@ -6,9 +6,9 @@ SIMD level, same thread count, same case) and is a time ratio t(A) / t(B).
 import json
 import math
 from collections import defaultdict
-from pathlib import Path
 
 import sections as sections_mod
+import targets as targets_mod
 
 CHART_IMPLS = [("ln_out", "layernorm out="), ("ln", "layernorm"), ("ort", "ONNX Runtime"),
                ("torch", "PyTorch"), ("numpy", "NumPy")]
@@ -162,6 +162,21 @@ def details_markdown(run):
     return _table(header, rows)
 
 
+def targets_markdown(run):
+    rows = []
+    for t in run.get("targets", []):
+        rows.append([str(t["issue"]), t["target"], t["where"], t["bound"],
+                     f"{t['worst_text']} ({t['worst_case']})", f"{t['passed']}/{t['of']}",
+                     "yes" if t["ok"] else "**no**"])
+    if not rows:
+        return ""
+    threads = run["targets"][0]["threads"]
+    return (f"Issue targets at {threads} thread{'s' if threads > 1 else ''} "
+            "(worst case shown):\n\n"
+            + _table(["issue", "target", "cases", "bound", "worst (case)", "cases met", "met"],
+                     rows))
+
+
 def _config_text(info):
     if info.get("config_text", "").strip():
         return info["config_text"].strip()
@@ -185,7 +200,11 @@ def document_markdown(doc):
              "(tiny calls in batches): "
              + ", ".join(f"{k}={val}" for k, val in doc["timing"].items()),
              "- ratios are t(A)/t(B) from the same run: `X/ln` > 1 means layernorm is faster; "
-             "`ln/copy` <= 1 means layernorm runs at memory-copy speed", ""]
+             "`ln/copy` <= 1 means layernorm runs at memory-copy speed",
+             f"- load average (1, 5, 15 min) before / after: {m.get('load_average_start')} / "
+             f"{m.get('load_average_end')}", ""]
+    if m.get("warning"):
+        lines += [f"**Warning: {m['warning']}.**", ""]
     run_sections = []
     for run in doc["runs"]:
         lines.append(f"## SIMD level: {run['simd']}")
@@ -201,6 +220,9 @@ def document_markdown(doc):
         if run.get("ort_rms_op"):
             lines.append(f"ONNX Runtime RMS op: {run['ort_rms_op']}.")
         lines.append("")
+        tm = targets_markdown(run)
+        if tm:
+            lines += [tm, ""]
         present = [k for k in secs if any(r["section"] == k for r in run["results"])]
         for key in present:
             lines += [section_markdown(run, secs[key]), ""]
@@ -227,12 +249,21 @@ def document_markdown(doc):
 
 def summary_text(doc):
     lines = [f"total wall time {doc['seconds']} s"]
+    if doc["machine"].get("warning"):
+        lines.append(f"WARNING: {doc['machine']['warning']}")
     for run in doc["runs"]:
         if run.get("error"):
             lines.append(f"SIMD {run['simd']}: FAILED ({run['error']})")
             continue
         lines.append(f"SIMD {run['simd']}: {len(run['results'])} measurements, "
                      f"{len(run['skipped'])} skipped, {run.get('seconds')} s")
+        tg = run.get("targets", [])
+        if tg:
+            missed = [t for t in tg if not t["ok"]]
+            lines.append(f"  issue targets met: {len(tg) - len(missed)}/{len(tg)}")
+            for t in missed:
+                lines.append(f"  missed (issue {t['issue']}): {t['target']} [{t['bound']}], "
+                             f"worst {t['worst_text']} on {t['worst_case']}")
         sk = skipped_markdown(run)
         if sk:
             lines.append("  skipped:\n" + "\n".join("  " + s for s in sk.splitlines()))
@@ -263,7 +294,7 @@ def chart(doc, path):
     threads = sorted({x["threads"] for r in runs for x in r["results"]})
     nrows, ncols = len(runs), len(threads)
     fig, axes = plt.subplots(nrows, ncols, squeeze=False, sharey=True,
-                             figsize=(6.5 * ncols, 3.4 * nrows + 1.0))
+                             figsize=(6.5 * ncols, 3.2 * nrows + 0.8), layout="constrained")
     case_order = [c.name for c in _sections()["forward"].cases]
     width = 0.8 / len(CHART_IMPLS)
     for ri, run in enumerate(runs):
@@ -293,12 +324,10 @@ def chart(doc, path):
             if ti == 0:
                 ax.set_ylabel("GB/s (read x + write y)", fontsize=8)
     handles, labels = axes[0][0].get_legend_handles_labels()
-    top = 1 - 0.65 / fig.get_figheight()
     fig.suptitle("layer_norm forward, float32, median throughput (higher is better)",
-                 fontsize=10, y=0.995)
-    fig.legend(handles, labels, loc="upper center", ncol=len(labels), fontsize=8,
-               frameon=False, bbox_to_anchor=(0.5, 1 - 0.25 / fig.get_figheight()))
-    fig.tight_layout(rect=(0, 0, 1, top))
+                 fontsize=10)
+    fig.legend(handles, labels, loc="outside lower center", ncol=len(labels), fontsize=8,
+               frameon=False)
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=120)
     plt.close(fig)
@@ -310,6 +339,7 @@ def write_all(doc, out_dir, name, draw_chart=True):
     out_dir.mkdir(parents=True, exist_ok=True)
     for run in doc["runs"]:
         run["ratios"] = ratios(run)
+        run["targets"] = targets_mod.evaluate(run, _sections())
     paths = []
     jp = out_dir / f"{name}.json"
     jp.write_text(json.dumps(doc, indent=1, default=str))

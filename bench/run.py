@@ -217,8 +217,8 @@ class LevelRunner:
                 plan.setdefault(case, []).append(section)
         for case, secs in plan.items():
             data = cases_mod.CaseData(case, self.args.seed)
-            refs = {}
             for section in secs:
+                refs = {}    # float64 references, per section to bound memory
                 ts = time.time()
                 counts = self.args.threads
                 if not (section.every_thread_count or self.args.all_threads):
@@ -229,7 +229,8 @@ class LevelRunner:
                     if a.available:
                         a.release()
                 seconds[section.key] = round(seconds.get(section.key, 0) + time.time() - ts, 1)
-            del data, refs
+                del refs
+            del data
 
     def run(self):
         info = environment.layernorm_info(self.ln)
@@ -311,6 +312,10 @@ def main(argv=None):
             json.dump(run, f, default=str)
         return 0
     levels = resolve_levels(args.simd)
+    load_start = environment.load_average()
+    warning = environment.busy_warning(load_start, environment.machine()["usable_cpus"])
+    if warning:
+        print(f"WARNING: {warning}", flush=True)
     t0 = time.time()
     runs = []
     for level in levels:
@@ -318,7 +323,12 @@ def main(argv=None):
             runs.append(LevelRunner(args, level).run())
         else:
             runs.append(run_in_subprocess(args, level))
-    doc = {"name": args.name, "machine": environment.machine(),
+    machine = environment.machine()
+    machine["load_average_start"] = load_start
+    machine["load_average_end"] = environment.load_average()
+    if warning:
+        machine["warning"] = warning
+    doc = {"name": args.name, "machine": machine,
            "command": " ".join(["python", "bench/run.py"] + (sys.argv[1:] if argv is None
                                                              else list(argv))),
            "timing": vars(timing_config(args)), "runs": runs,

@@ -7,8 +7,14 @@
 * Thread counts: `use_threads`.
 * Data and layouts: `random_array`, `in_layout`, `axis_sets`.
 * Comparisons: `assert_close` (float32/float64 tolerances against the float64
-  reference), `ulp_distance` / `assert_within_ulp` for float16/bfloat16.
-* `unchanged`: asserts that arrays are not modified by a block.
+  reference), `ulp_distance` / `assert_within_ulp` for float16/bfloat16,
+  `assert_matches_reference` choosing between them by dtype.
+* `check_layer_norm`, `check_rms_norm`, `check_layer_norm_backward`,
+  `check_rms_norm_backward`: run a function and compare every output with the
+  float64 reference (`layernorm._reference`, imported here as `ref`).
+* `unchanged`: asserts that arrays are not modified by a block;
+  `fill_sentinel` / `assert_sentinel`: nothing written to `out` on errors.
+* `numeric_gradient`: central finite differences; `python_subprocess`.
 """
 import contextlib
 import itertools
@@ -20,20 +26,18 @@ import pytest
 
 import layernorm as ln
 from layernorm import _kernels
-from layernorm import _reference as ref  # noqa: F401  (re-exported for the tests)
+from layernorm import _reference as ref
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SRC = os.path.join(REPO, "src")
 
 SIMD_LEVELS = _kernels.simd_levels_available()
 DEFAULT_SIMD = _kernels.simd_level()
-DEFAULT_THREADS = ln.get_num_threads()
 
 try:
     import ml_dtypes
     BFLOAT16 = np.dtype(ml_dtypes.bfloat16)
 except ImportError:  # bfloat16 cases are skipped
-    ml_dtypes = None
     BFLOAT16 = None
 
 FLOAT16 = np.dtype(np.float16)
@@ -173,9 +177,9 @@ def in_layout(a, kind):
 
 # ---------------------------------------------------------------- comparisons
 
-def assert_close(actual, expected, dtype=None, tol=None, what="result"):
-    """Same shape, dtype `dtype` (if given), values within `tol` (absolute and
-    relative, default from TOLERANCE by the actual dtype)."""
+def assert_close(actual, expected, dtype=None, tol=None, what="result", rtol=None):
+    """Same shape, dtype `dtype` (if given), values within `tol` absolute plus
+    `rtol` (default: `tol`) relative; `tol` defaults to TOLERANCE[actual dtype]."""
     actual = np.asarray(actual)
     if dtype is not None:
         assert actual.dtype == np.dtype(dtype), f"{what}: dtype {actual.dtype}, expected {np.dtype(dtype)}"
@@ -183,7 +187,8 @@ def assert_close(actual, expected, dtype=None, tol=None, what="result"):
     assert actual.shape == expected.shape, f"{what}: shape {actual.shape}, expected {expected.shape}"
     if tol is None:
         tol = TOLERANCE[actual.dtype]
-    np.testing.assert_allclose(actual.astype(np.float64), expected, rtol=tol, atol=tol, err_msg=what)
+    np.testing.assert_allclose(actual.astype(np.float64), expected, rtol=tol if rtol is None else rtol,
+                               atol=tol, err_msg=what)
 
 
 def _ordered_bits(a):
@@ -218,12 +223,13 @@ def assert_within_ulp(actual, expected64, dtype, ulps=1, atol=0.0, what="result"
 
 
 def assert_matches_reference(actual, expected64, what="result"):
-    """float32/float64 within TOLERANCE; float16/bfloat16 within 1 ulp (or float32's error)."""
+    """Outputs of unit-spread data: float32/float64 within TOLERANCE absolute;
+    float16/bfloat16 within 1 ulp (or float32's error)."""
     dtype = np.asarray(actual).dtype
     if dtype.itemsize == 2:
         assert_within_ulp(actual, expected64, dtype, atol=2e-6, what=what)
     else:
-        assert_close(actual, expected64, what=what)
+        assert_close(actual, expected64, what=what, rtol=0)
 
 
 @contextlib.contextmanager

@@ -51,8 +51,8 @@ def driver(tmp_path_factory):
                       capture_output=True).returncode != 0:
         pytest.skip("gcc cannot build with -fsanitize=address,undefined -fopenmp")
     const = setup_constants()
-    common = [f for f in const["COMMON_FLAGS"] if not f.startswith("-O")] + SANITIZE + ["-fopenmp",
-                                                                                       "-I" + os.path.join(REPO, "include")]
+    common = ([f for f in const["COMMON_FLAGS"] if not f.startswith("-O")] + SANITIZE
+              + ["-fopenmp", "-I" + os.path.join(REPO, "include")])
     jobs = []
     for level, (vector_bytes, level_flags) in const["SIMD_LEVELS"].items():
         for dtype, code in const["DTYPES"].items():
@@ -71,7 +71,8 @@ def driver(tmp_path_factory):
             levels_built.add(level)
             objects += [job[2] for job, _, _ in level_results]
         elif level == "baseline":
-            pytest.fail("baseline kernels do not compile:\n" + "\n".join(e for _, ok, e in level_results if not ok))
+            errors = "\n".join(e for _, ok, e in level_results if not ok)
+            pytest.fail("baseline kernels do not compile:\n" + errors)
     defines = [f"-DLN_BUILD_{level.upper()}=1" for level in levels_built if level != "baseline"]
     for source in ("src/kernels/dispatch.c", "tests/c/driver.c"):
         output = str(build / (os.path.basename(source) + ".o"))

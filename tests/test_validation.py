@@ -1,5 +1,7 @@
 """Argument errors (type, message, nothing written), `out=` semantics, and
 that no function modifies its inputs."""
+import re
+
 import numpy as np
 import pytest
 
@@ -63,9 +65,8 @@ def test_every_function_checks_axis(x, function):
 @pytest.mark.parametrize("axis, shape", [(-1, (5,)), (-1, (6, 1)), (-1, ()), ((1, 2), (6, 5)),
                                          ((1, 2), (30,)), ((0, 2), (4, 5)), (1, (6,))])
 def test_parameter_of_wrong_shape(x, name, axis, shape):
-    with pytest.raises(ValueError, match=rf"{name}.*{shape}|{name}.*{tuple(shape)}") as info:
+    with pytest.raises(ValueError, match=rf"{name}.*{re.escape(str(shape))}"):
         ln.layer_norm(x, axis, **{name: np.ones(shape, np.float32)})
-    assert name in str(info.value)
 
 
 @pytest.mark.parametrize("function", ["rms_norm", "add_rms_norm", "add_layer_norm"])
@@ -226,6 +227,17 @@ def test_out_overlapping_with_interleaved_view(rng):
     assert np.array_equal(buffer[:, 15:], original[:, 15:])
 
 
+@pytest.mark.parametrize("axis", [-1, 0])
+def test_out_overlapping_weight_and_bias(rng, axis):
+    """weight and bias are rows of the out buffer: they are read before being overwritten."""
+    x = random_array(rng, (6, 6), FLOAT32)
+    buffer = random_params(rng, (6, 6), FLOAT32)[0]
+    weight, bias = buffer[1], buffer[:, 2]
+    expected = ln.layer_norm(x, axis, weight.copy(), bias.copy())
+    assert ln.layer_norm(x, axis, weight, bias, out=buffer) is buffer
+    assert np.array_equal(buffer, expected)
+
+
 # ---------------------------------------------------------------- inputs untouched
 
 @pytest.mark.parametrize("axis", [-1, 1, (0, 2)])
@@ -258,13 +270,14 @@ def test_list_inputs_are_not_modified():
 
 # ---------------------------------------------------------------- the 0-d case
 
-@pytest.mark.parametrize("x", [np.float64(1.0), np.array(2.0, np.float32), 3.0])
-@pytest.mark.parametrize("function", [ln.layer_norm, ln.rms_norm])
-def test_zero_dimensional_input_is_refused(function, x):
+@pytest.mark.parametrize("function", [ln.layer_norm, ln.rms_norm, lambda x: ln.add_layer_norm(x, x)],
+                         ids=["layer_norm", "rms_norm", "add_layer_norm"])
+def test_zero_dimensional_input_is_refused(function):
     """No axis -1 in a 0-d array (as numpy.mean(x, axis=-1)): ValueError naming axis,
     not a silently reshaped (1,) result."""
-    with pytest.raises(ValueError, match="axis"):
-        function(x)
+    for x in (np.array(2.0, np.float32), np.float64(1.0), 3.0):
+        with pytest.raises(ValueError, match="axis"):
+            function(x)
 
 
 def test_out_error_messages_name_the_value(x):

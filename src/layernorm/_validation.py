@@ -18,7 +18,7 @@ def as_input(x, name, dtype=None):
     """
     array = np.asarray(x)
     target = kernel_dtype(array.dtype, name) if dtype is None else dtype
-    return np.ascontiguousarray(array, dtype=target)
+    return np.asarray(array, dtype=target, order="C")   # unlike ascontiguousarray, keeps 0-d
 
 
 def check_same_shape(array, name, shape, reference="x"):
