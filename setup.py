@@ -42,11 +42,18 @@ int main(void) { int n = 0;
   n += 1;
   return n > 0 ? 0 : 1; }
 """
-SIMD_PROBE = r"""
-typedef float v __attribute__((vector_size(64)));
-typedef _Float16 h __attribute__((vector_size(32)));
-int main(void) { v a = {0}; h b = __builtin_convertvector(a, h); return (int)b[0]; }
-"""
+SIMD_PROBES = {
+    "avx2": r"""
+#include <immintrin.h>
+int main(void) { __m256 a = _mm256_fmadd_ps(_mm256_set1_ps(1), _mm256_set1_ps(2), _mm256_cvtph_ps(_mm_set1_epi16(0)));
+                 return _mm256_cvtss_f32(a) > 0; }
+""",
+    "avx512": r"""
+#include <immintrin.h>
+int main(void) { __m512 a = _mm512_cvtph_ps(_mm256_set1_epi16(0));
+                 return _mm512_reduce_add_ps(a) > 0; }
+""",
+}
 
 
 def compiles(compiler, source, flags, link=False):
@@ -78,7 +85,7 @@ class build_ext_with_kernels(build_ext):
         levels = ["baseline"]
         if IS_X86_64 and os.environ.get("LAYERNORM_BUILD_SIMD", "all") != "baseline":
             for level in ("avx2", "avx512"):
-                if compiles(compiler, SIMD_PROBE, COMMON_FLAGS + SIMD_LEVELS[level][1]):
+                if compiles(compiler, SIMD_PROBES[level], COMMON_FLAGS + SIMD_LEVELS[level][1]):
                     levels.append(level)
                 else:
                     warnings.warn(f"layernorm: the compiler cannot build {level} kernels; skipping them")

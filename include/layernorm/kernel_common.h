@@ -70,14 +70,108 @@ static inline C LOAD1(const E *p) { return *p; }
 static inline void STORE1(E *p, C c) { *p = c; }
 
 #elif LN_DT == LN_DT_FLOAT16
-/* F16C / AVX-512 convert in hardware; baseline x86-64 uses libgcc's exact
- * software conversion (round to nearest even either way). */
-typedef _Float16 E;
-typedef _Float16 VH __attribute__((vector_size(LN_VECTOR_BYTES / 2)));
-static inline V LOADV(const E *p) { VH h; memcpy(&h, p, sizeof h); return __builtin_convertvector(h, V); }
-static inline void STOREV(E *p, V v) { VH h = __builtin_convertvector(v, VH); memcpy(p, &h, sizeof h); }
-static inline C LOAD1(const E *p) { return (C)*p; }
-static inline void STORE1(E *p, C c) { *p = (E)c; }
+/* IEEE binary16 stored as its bits.  F16C / AVX-512 convert a whole vector in
+ * one instruction; elsewhere a branch-free conversion on the bits and float
+ * arithmetic (exact, round to nearest even; NaNs become the quiet NaN 0x7E00). */
+typedef uint16_t E;
+typedef uint16_t VH __attribute__((vector_size(LN_VECTOR_BYTES / 2)));
+typedef uint32_t VU32 __attribute__((vector_size(LN_VECTOR_BYTES)));
+typedef int32_t VI32 __attribute__((vector_size(LN_VECTOR_BYTES)));
+
+static inline float half_bits_to_float(uint16_t h)
+{
+    const uint32_t w = (uint32_t)h << 16, sign = w & 0x80000000u, two_w = w + w;
+    uint32_t bits = (two_w >> 4) + (0xE0u << 23);
+    float normalized, denormalized;
+    memcpy(&normalized, &bits, 4);
+    normalized *= 0x1.0p-112f;                      /* rebias the exponent; Inf/NaN stay */
+    bits = (two_w >> 17) | (126u << 23);
+    memcpy(&denormalized, &bits, 4);
+    denormalized -= 0.5f;                           /* subnormal halves, exactly */
+    const float chosen = two_w < (1u << 27) ? denormalized : normalized;
+    memcpy(&bits, &chosen, 4);
+    bits |= sign;
+    float out;
+    memcpy(&out, &bits, 4);
+    return out;
+}
+
+static inline uint16_t float_to_half_bits(float f)
+{
+    uint32_t w;
+    memcpy(&w, &f, 4);
+    const uint32_t shl1_w = w + w, sign = w & 0x80000000u;
+    /* scale so that the float addition below rounds at the half's precision */
+    float base = (fabsf(f) * 0x1.0p+112f) * 0x1.0p-110f;
+    uint32_t bias = shl1_w & 0xFF000000u;
+    if (bias < 0x71000000u) bias = 0x71000000u;
+    uint32_t bias_bits = (bias >> 1) + 0x07800000u;
+    float bias_value;
+    memcpy(&bias_value, &bias_bits, 4);
+    base = bias_value + base;
+    uint32_t bits;
+    memcpy(&bits, &base, 4);
+    const uint32_t nonsign = ((bits >> 13) & 0x00007C00u) + (bits & 0x00000FFFu);
+    return (uint16_t)((sign >> 16) | (shl1_w > 0xFF000000u ? 0x7E00u : nonsign));
+}
+
+#if LN_VECTOR_BYTES == 64 && defined(__AVX512F__)
+#include <immintrin.h>
+static inline V LOADV(const E *p) { return (V)_mm512_cvtph_ps(_mm256_loadu_si256((const __m256i *)p)); }
+static inline void STOREV(E *p, V v)
+{
+    _mm256_storeu_si256((__m256i *)p, _mm512_cvtps_ph((__m512)v, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC));
+}
+#elif LN_VECTOR_BYTES == 32 && defined(__F16C__)
+#include <immintrin.h>
+static inline V LOADV(const E *p) { return (V)_mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)p)); }
+static inline void STOREV(E *p, V v)
+{
+    _mm_storeu_si128((__m128i *)p, _mm256_cvtps_ph((__m256)v, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC));
+}
+#else
+/* the scalar conversions above, lane-wise in vector registers */
+static inline V LOADV(const E *p)
+{
+    VH h; memcpy(&h, p, sizeof h);
+    const VU32 w = __builtin_convertvector(h, VU32) << 16, sign = w & 0x80000000u, two_w = w + w;
+    VU32 bits = (two_w >> 4) + (0xE0u << 23);
+    V normalized, denormalized;
+    memcpy(&normalized, &bits, sizeof bits);
+    normalized *= 0x1.0p-112f;
+    bits = (two_w >> 17) | (126u << 23);
+    memcpy(&denormalized, &bits, sizeof bits);
+    denormalized -= 0.5f;
+    VU32 nbits, dbits;
+    memcpy(&nbits, &normalized, sizeof nbits);
+    memcpy(&dbits, &denormalized, sizeof dbits);
+    const VI32 is_subnormal = (VI32)(two_w < (1u << 27));
+    const VU32 out = (VU32)((is_subnormal & (VI32)dbits) | (~is_subnormal & (VI32)nbits)) | sign;
+    V v; memcpy(&v, &out, sizeof v); return v;
+}
+static inline void STOREV(E *p, V v)
+{
+    VU32 w; memcpy(&w, &v, sizeof w);
+    const VU32 shl1_w = w + w, sign = w & 0x80000000u;
+    VU32 absolute = w & 0x7FFFFFFFu;
+    V base; memcpy(&base, &absolute, sizeof base);
+    base = (base * 0x1.0p+112f) * 0x1.0p-110f;
+    VU32 bias = shl1_w & 0xFF000000u;
+    const VI32 small = (VI32)(bias < 0x71000000u);
+    bias = (VU32)((small & ((VI32)(VU32){0} + 0x71000000)) | (~small & (VI32)bias));
+    const VU32 bias_bits = (bias >> 1) + 0x07800000u;
+    V bias_value; memcpy(&bias_value, &bias_bits, sizeof bias_value);
+    base = bias_value + base;
+    VU32 bits; memcpy(&bits, &base, sizeof bits);
+    const VU32 nonsign = ((bits >> 13) & 0x00007C00u) + (bits & 0x00000FFFu);
+    const VI32 is_nan = (VI32)(shl1_w > 0xFF000000u);
+    const VU32 out = (sign >> 16) | (VU32)((is_nan & (VI32)((VU32){0} + 0x7E00u)) | (~is_nan & (VI32)nonsign));
+    const VH h = __builtin_convertvector(out, VH);
+    memcpy(p, &h, sizeof h);
+}
+#endif
+static inline C LOAD1(const E *p) { return half_bits_to_float(*p); }
+static inline void STORE1(E *p, C c) { *p = float_to_half_bits(c); }
 
 #elif LN_DT == LN_DT_BFLOAT16
 /* bfloat16 is the top half of a float32: widen by a shift, narrow with
