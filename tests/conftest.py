@@ -29,7 +29,9 @@ from layernorm import _kernels
 from layernorm import _reference as ref
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-SRC = os.path.join(REPO, "src")
+# where the package under test was imported from: the installed copy, or src/
+# for an in-place build; subprocesses must import the same one
+PACKAGE_PARENT = os.path.dirname(os.path.dirname(os.path.abspath(ln.__file__)))
 
 SIMD_LEVELS = _kernels.simd_levels_available()
 DEFAULT_SIMD = _kernels.simd_level()
@@ -251,9 +253,9 @@ def assert_sentinel(out):
 
 
 def python_subprocess(code, **env):
-    """Run `python -c code` with the source tree importable; return stdout."""
+    """Run `python -c code` importing the package under test; return stdout."""
     import subprocess
-    environment = dict(os.environ, PYTHONPATH=SRC + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    environment = dict(os.environ, PYTHONPATH=PACKAGE_PARENT + os.pathsep + os.environ.get("PYTHONPATH", ""))
     for key in ("LAYERNORM_SIMD", "LAYERNORM_NUM_THREADS", "OMP_NUM_THREADS"):
         environment.pop(key, None)
     environment.update(env)
