@@ -221,7 +221,7 @@ static inline void STORE1(E *p, C c)
  * more than it saves. */
 #define LN_PARALLEL_MIN_ELEMENTS 32768
 /* Width of the inner tile of the strided layout (elements). */
-#define LN_TILE 4096
+#define LN_TILE 256
 
 #define LN_STEPS_PER_BLOCK (LN_BLOCK / (LN_VECTOR_BYTES / 8 * LN_ACCUMULATORS))
 

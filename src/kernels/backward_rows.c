@@ -17,8 +17,11 @@
 #include "layernorm/kernel_common.h"
 
 /* Rows summed in the compute type before a flush into float64. */
-#define LN_GROUP 8
-/* Row blocks of the dweight/dbias reduction: at most this many ... */
+#define LN_GROUP 32
+/* Row blocks of the dweight/dbias reduction: at least this many rows each
+ * (every block costs a float64 partial of 2 * cols values) ... */
+#define LN_MIN_BLOCK_ROWS 32
+/* ... at most this many blocks ... */
 #define LN_MAX_ROW_BLOCKS 64
 /* ... and at most this many float64 partial values in all. */
 #define LN_MAX_PARTIALS (1 << 21)
@@ -70,7 +73,7 @@ static inline row_sums sum_row(const E *x, const E *dy, const C *weight, int64_t
     return total;
 }
 
-/* dx over a span, and dy*xhat, dy added into acc_w/acc_b (if not NULL). */
+/* dx over a span, and dy*xhat, dy added into acc_w/acc_b (each may be NULL). */
 static inline void dx_span(const E *x, const E *dy, E *dx, const C *weight, int64_t n,
                            C mean, C rstd, C mean_g, C mean_gx, C *acc_w, C *acc_b)
 {
@@ -82,17 +85,16 @@ static inline void dx_span(const E *x, const E *dy, E *dx, const C *weight, int6
         const V g = weight ? d * vload_c(weight + i) : d;
         const V xhat = (LOADV(x + i) - vmean) * vrstd;
         STOREV(dx + i, vrstd * ((g - vmg) - xhat * vmgx));
-        if (acc_w) {
-            vstore_c(acc_w + i, vload_c(acc_w + i) + d * xhat);
-            vstore_c(acc_b + i, vload_c(acc_b + i) + d);
-        }
+        if (acc_w) vstore_c(acc_w + i, vload_c(acc_w + i) + d * xhat);
+        if (acc_b) vstore_c(acc_b + i, vload_c(acc_b + i) + d);
     }
     for (; i < n; i++) {
         const C d = LOAD1(dy + i);
         const C g = weight ? d * weight[i] : d;
         const C xhat = (LOAD1(x + i) - mean) * rstd;
         STORE1(dx + i, rstd * ((g - mean_g) - xhat * mean_gx));
-        if (acc_w) { acc_w[i] += d * xhat; acc_b[i] += d; }
+        if (acc_w) acc_w[i] += d * xhat;
+        if (acc_b) acc_b[i] += d;
     }
 }
 
@@ -123,7 +125,8 @@ static int backward_row_blocks(const ln_backward_args *a)
     const int64_t rows = a->layout.outer, cols = a->layout.reduce;
     const C *weight = a->weight;
     const int want_params = a->dweight || a->dbias;
-    int64_t blocks = rows < LN_MAX_ROW_BLOCKS ? rows : LN_MAX_ROW_BLOCKS;
+    int64_t blocks = (rows + LN_MIN_BLOCK_ROWS - 1) / LN_MIN_BLOCK_ROWS;
+    if (blocks > LN_MAX_ROW_BLOCKS) blocks = LN_MAX_ROW_BLOCKS;
     if (blocks * cols > LN_MAX_PARTIALS) blocks = LN_MAX_PARTIALS / cols > 1 ? LN_MAX_PARTIALS / cols : 1;
     const int64_t rows_per_block = (rows + blocks - 1) / blocks;
     blocks = (rows + rows_per_block - 1) / rows_per_block;
@@ -204,24 +207,20 @@ static int backward_split_rows(const ln_backward_args *a)
             }
             coef[r] = coefficients(a, r, s);
         }
-        C acc[2 * LN_BLOCK];
+        /* fewer than LN_SPLIT_BELOW_ROWS rows: dweight/dbias accumulate in
+         * place, in row order, in the compute type */
         #pragma omp for schedule(static)
         for (int64_t b = 0; b < blocks_per_row; b++) {
             const int64_t start = b * LN_BLOCK, len = cols - start < LN_BLOCK ? cols - start : LN_BLOCK;
-            double sums[2 * LN_BLOCK];
-            memset(acc, 0, sizeof acc);
-            memset(sums, 0, sizeof sums);
+            C *dweight = a->dweight ? (C *)a->dweight + start : NULL;
+            C *dbias = a->dbias ? (C *)a->dbias + start : NULL;
+            if (dweight) memset(dweight, 0, (size_t)len * sizeof(C));
+            if (dbias) memset(dbias, 0, (size_t)len * sizeof(C));
             for (int64_t r = 0; r < rows; r++) {
                 const int64_t offset = r * cols + start;
                 const row_coefficients c = coef[r];
                 dx_span((const E *)a->x + offset, (const E *)a->dy + offset, (E *)a->dx + offset,
-                        weight ? weight + start : NULL, len, c.mean, c.rstd, c.mean_g, c.mean_gx, acc, acc + LN_BLOCK);
-                flush(sums, acc, len);
-                flush(sums + LN_BLOCK, acc + LN_BLOCK, len);
-            }
-            for (int64_t j = 0; j < len; j++) {
-                if (a->dweight) ((C *)a->dweight)[start + j] = (C)sums[j];
-                if (a->dbias) ((C *)a->dbias)[start + j] = (C)sums[LN_BLOCK + j];
+                        weight ? weight + start : NULL, len, c.mean, c.rstd, c.mean_g, c.mean_gx, dweight, dbias);
             }
         }
     }

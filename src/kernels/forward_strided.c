@@ -58,19 +58,32 @@ static inline void accumulate_row(tile_state *st, const E *x, int64_t width, int
 }
 
 /* Chan-merge the chunk (count_b rows) into the float64 state (count_a rows)
- * and clear the chunk. */
-static inline void merge_chunk(tile_state *st, int64_t width, double count_a, double count_b, int rms)
+ * and clear the chunk.  Loops over the tile state only, so they vectorize. */
+static inline void merge_chunk(tile_state *restrict st, int64_t width, double count_a, double count_b, int rms)
 {
     const double n = count_a + count_b, wb = count_b / n, wab = count_a * count_b / n;
-    for (int64_t i = 0; i < width; i++) {
-        if (rms) {
-            st->m2[i] += (double)st->chunk_m2[i];
-        } else {
+    if (rms) {
+        for (int64_t i = 0; i < width; i++) st->m2[i] += (double)st->chunk_m2[i];
+    } else {
+        for (int64_t i = 0; i < width; i++) {
             const double delta = (double)st->chunk_mean[i] - st->mean[i];
             st->mean[i] += delta * wb;
             st->m2[i] += (double)st->chunk_m2[i] + delta * delta * wab;
         }
-        st->chunk_mean[i] = st->chunk_m2[i] = 0;
+    }
+    for (int64_t i = 0; i < width; i++) st->chunk_mean[i] = st->chunk_m2[i] = 0;
+}
+
+/* rstd (in `scale`), the low part of the mean (in `lo`), and the full mean
+ * (into `m2`, no longer needed) for every position of the tile. */
+static inline void finish_tile(tile_state *restrict st, int64_t width, int64_t reduce, double eps, int rms)
+{
+    const double inv_n = 1.0 / (double)reduce;
+    for (int64_t i = 0; i < width; i++) st->scale[i] = (C)(1.0 / sqrt(st->m2[i] * inv_n + eps));
+    if (rms) return;
+    for (int64_t i = 0; i < width; i++) {
+        st->lo[i] = (C)st->mean[i];
+        st->m2[i] = (double)st->shift[i] + st->mean[i];
     }
 }
 
@@ -106,14 +119,11 @@ static void forward_tile(const ln_forward_args *a, int64_t o, int64_t i0, int64_
         }
         merge_chunk(st, width, (double)first, (double)(last - first), rms);
     }
+    finish_tile(st, width, reduce, a->eps, rms);
     const int64_t stat = o * inner + i0;
-    for (int64_t i = 0; i < width; i++) {
-        const double rstd = 1.0 / sqrt(st->m2[i] / (double)reduce + a->eps);
-        st->scale[i] = (C)rstd;
-        if (!rms) st->lo[i] = (C)st->mean[i];
-        if (a->rstd) ((C *)a->rstd)[stat + i] = (C)rstd;
-        if (a->mean && !rms) ((C *)a->mean)[stat + i] = (C)((double)st->shift[i] + st->mean[i]);
-    }
+    if (a->rstd) memcpy((C *)a->rstd + stat, st->scale, (size_t)width * sizeof(C));
+    if (a->mean && !rms)
+        for (int64_t i = 0; i < width; i++) ((C *)a->mean)[stat + i] = (C)st->m2[i];
     const C *weight = a->weight, *bias = a->bias;
     for (int64_t r = 0; r < reduce; r++) {
         const int64_t offset = base + r * inner;

@@ -204,8 +204,10 @@ def _backward(mode, dy, x, mean, rstd, axis, weight):
         wdt = np.asarray(weight).dtype
         param_dtype = wdt if (wdt.kind == "f" or wdt == BFLOAT16) else stat_dtype
     # ---- validation done ----
-    dweight = np.zeros(pshape, stat_dtype)
-    dbias = np.zeros(pshape, stat_dtype) if mode == _LAYER_NORM else None
+    # the kernels write every element; empty inputs sum to zero
+    allocate = np.zeros if xa.size == 0 else np.empty
+    dweight = allocate(pshape, stat_dtype)
+    dbias = allocate(pshape, stat_dtype) if mode == _LAYER_NORM else None
     plan = plan_layout(xa.shape, axes)
     if xa.size == 0:
         dx = np.empty_like(xa)
