@@ -92,6 +92,8 @@ class build_ext_with_kernels(build_ext):
         print(f"layernorm: OpenMP {'on' if openmp else 'off'}; SIMD levels built: {', '.join(levels)}")
         level_macros = [(f"LN_BUILD_{level.upper()}", "1") for level in levels if level != "baseline"]
         for ext in self.extensions:
+            if ext.name != "layernorm._kernels":
+                continue
             ext.extra_objects += self.compile_kernels(ext, levels, openmp)
             ext.define_macros += level_macros
             ext.extra_compile_args += COMMON_FLAGS + openmp
@@ -120,15 +122,25 @@ class build_ext_with_kernels(build_ext):
             return [obj for objects in pool.map(compile_one, jobs) for obj in objects]
 
 
-def extension():
+def extensions():
     headers = [os.path.join("include/layernorm", h) for h in os.listdir("include/layernorm")]
-    return Extension(
-        "layernorm._kernels",
-        sources=["src/layernorm/_kernels.pyx", "src/kernels/dispatch.c"],
-        include_dirs=["include", numpy.get_include()],
-        define_macros=[("NPY_NO_DEPRECATED_API", "NPY_1_7_API_VERSION")],
-        depends=headers + KERNEL_TEMPLATES,
-    )
+    numpy_api = [("NPY_NO_DEPRECATED_API", "NPY_1_7_API_VERSION")]
+    return [
+        Extension(
+            "layernorm._kernels",
+            sources=["src/layernorm/_kernels.pyx", "src/kernels/dispatch.c"],
+            include_dirs=["include", numpy.get_include()],
+            define_macros=numpy_api,
+            depends=headers + KERNEL_TEMPLATES,
+        ),
+        Extension(
+            "layernorm._buffer_pool",
+            sources=["src/layernorm/_buffer_pool.pyx"],
+            include_dirs=[numpy.get_include()],
+            define_macros=numpy_api,
+            extra_compile_args=["-O2"],
+        ),
+    ]
 
 
 if sys.platform == "win32":
@@ -136,7 +148,7 @@ if sys.platform == "win32":
 
 setup(
     ext_modules=cythonize(
-        [extension()],
+        extensions(),
         compiler_directives={"language_level": 3, "boundscheck": False, "wraparound": False,
                              "cdivision": True, "initializedcheck": False},
     ),

@@ -10,7 +10,7 @@ import math
 
 import numpy as np
 
-from . import _kernels
+from . import _kernels, _buffer_pool
 from ._axes import normalize_axes, plan_layout, keepdims_shape, param_shape
 from ._dtypes import KERNEL_CODES, FLOAT32, FLOAT64, BFLOAT16, compute_dtype, kernel_dtype
 from ._threads import get_num_threads
@@ -22,6 +22,24 @@ __all__ = ["layer_norm", "layer_norm_backward", "rms_norm", "rms_norm_backward",
 
 _LAYER_NORM, _RMS_NORM = _kernels.LAYER_NORM, _kernels.RMS_NORM
 _FAST_CODES = {FLOAT32: _kernels.FLOAT32, FLOAT64: _kernels.FLOAT64}
+
+
+_POOLED_BYTES = _buffer_pool.MIN_POOLED_BYTES
+
+
+def _empty_like(array):
+    """A C-contiguous output of `array`'s shape and dtype (empty_like would
+    keep a transposed view's strides); large ones come from the buffer pool."""
+    if array.nbytes < _POOLED_BYTES:
+        return np.empty(array.shape, array.dtype)
+    return _buffer_pool.empty(array.shape, array.dtype)
+
+
+def _contiguous(view):
+    """A C-contiguous copy of a (transposed) view, into a pooled buffer."""
+    result = _empty_like(view)
+    np.copyto(result, view)
+    return result
 
 
 def _default_rms_eps(dtype):
@@ -69,7 +87,7 @@ def _fast_forward(mode, x, axis, weight, bias, eps, out, return_stats):
                               or not p.flags.c_contiguous):
             return None
     if out is None:
-        y = np.empty_like(x)
+        y = _empty_like(x)
     elif out is x and x.flags.writeable:
         y = out
     elif (type(out) is np.ndarray and out.dtype == x.dtype and out.shape == x.shape
@@ -152,20 +170,20 @@ def _forward(mode, x, axis, weight, bias, eps, out, return_stats, residual=None,
     if xa.size == 0:
         y, s = _empty_forward(xa, ra, out, sum_out, mean, rstd, plan)
     elif plan.kind == "transpose":
-        xk = np.ascontiguousarray(xa.transpose(plan.permutation))
-        rk = None if ra is None else np.ascontiguousarray(ra.transpose(plan.permutation))
-        yk = np.empty_like(xk)
-        sk = None if ra is None else np.empty_like(xk)
+        xk = _contiguous(xa.transpose(plan.permutation))
+        rk = None if ra is None else _contiguous(ra.transpose(plan.permutation))
+        yk = _empty_like(xk)
+        sk = None if ra is None else _empty_like(xk)
         _kernels.forward(KERNEL_CODES[dtype], mode, plan.layout, xk, rk, sk, yk, w, b, mean, rstd,
                          eps, get_num_threads())
         inverse = _inverse(plan.permutation)
-        y = _into(np.ascontiguousarray(yk.transpose(inverse)), out)
-        s = None if ra is None else _into(np.ascontiguousarray(sk.transpose(inverse)), sum_out)
+        y = _into(_contiguous(yk.transpose(inverse)), out)
+        s = None if ra is None else _into(_contiguous(sk.transpose(inverse)), sum_out)
     else:
-        yk = out if out is not None and writable_in_place(out, inputs) else np.empty_like(xa)
+        yk = out if out is not None and writable_in_place(out, inputs) else _empty_like(xa)
         sk = None
         if ra is not None:
-            sk = sum_out if sum_out is not None and writable_in_place(sum_out, inputs) else np.empty_like(xa)
+            sk = sum_out if sum_out is not None and writable_in_place(sum_out, inputs) else _empty_like(xa)
         _kernels.forward(KERNEL_CODES[dtype], mode, plan.layout, xa, ra, sk, yk, w, b, mean, rstd,
                          eps, get_num_threads())
         y = _into(yk, out)
@@ -205,21 +223,21 @@ def _backward(mode, dy, x, mean, rstd, axis, weight):
         param_dtype = wdt if (wdt.kind == "f" or wdt == BFLOAT16) else stat_dtype
     # ---- validation done ----
     # the kernels write every element; empty inputs sum to zero
-    allocate = np.zeros if xa.size == 0 else np.empty
+    allocate = np.zeros if xa.size == 0 else _buffer_pool.empty
     dweight = allocate(pshape, stat_dtype)
     dbias = allocate(pshape, stat_dtype) if mode == _LAYER_NORM else None
     plan = plan_layout(xa.shape, axes)
     if xa.size == 0:
         dx = np.empty_like(xa)
     elif plan.kind == "transpose":
-        xk = np.ascontiguousarray(xa.transpose(plan.permutation))
-        dyk = np.ascontiguousarray(dya.transpose(plan.permutation))
-        dxk = np.empty_like(xk)
+        xk = _contiguous(xa.transpose(plan.permutation))
+        dyk = _contiguous(dya.transpose(plan.permutation))
+        dxk = _empty_like(xk)
         _kernels.backward(KERNEL_CODES[dtype], mode, plan.layout, dyk, xk, m, r, w, dxk, dweight, dbias,
                           get_num_threads())
-        dx = np.ascontiguousarray(dxk.transpose(_inverse(plan.permutation)))
+        dx = _contiguous(dxk.transpose(_inverse(plan.permutation)))
     else:
-        dx = np.empty_like(xa)
+        dx = _empty_like(xa)
         _kernels.backward(KERNEL_CODES[dtype], mode, plan.layout, dya, xa, m, r, w, dx, dweight, dbias,
                           get_num_threads())
     dweight = dweight.astype(param_dtype, copy=False)

@@ -1,0 +1,172 @@
+"""A pool of large output buffers, so allocating calls skip fresh pages.
+
+A new large NumPy array gets fresh pages from the kernel, which faults them
+in and zeroes them: for a 64 MB output that costs more than the
+normalization itself.  Like ONNX Runtime's arena and PyTorch's caching
+allocator, we keep freed large blocks and hand them out again.
+
+The blocks come from a NumPy memory handler (NEP 49) that is made current
+only while ``empty`` allocates one of our outputs; NumPy frees every array
+through the handler it was made with, so our blocks come back here and no
+other array is touched.  Blocks of at least ``MIN_POOLED_BYTES`` are kept, up
+to ``SLOTS`` blocks and ``LAYERNORM_BUFFER_POOL_MB`` (default 512, 0 turns
+the pool off) megabytes in all; a block is reused for a request of exactly
+its size.
+"""
+import os
+
+import numpy as np
+cimport numpy as cnp
+from cpython.pycapsule cimport PyCapsule_New
+from cpython.pythread cimport (PyThread_type_lock, PyThread_allocate_lock, PyThread_acquire_lock,
+                               PyThread_release_lock, WAIT_LOCK)
+from libc.stdlib cimport malloc, calloc, realloc, free
+from libc.string cimport memset, strncpy
+
+cnp.import_array()
+
+cdef extern from "numpy/ndarraytypes.h":
+    ctypedef struct PyDataMemAllocator:
+        void *ctx
+        void *(*malloc)(void *ctx, size_t size) noexcept nogil
+        void *(*calloc)(void *ctx, size_t nelem, size_t elsize) noexcept nogil
+        void *(*realloc)(void *ctx, void *ptr, size_t new_size) noexcept nogil
+        void (*free)(void *ctx, void *ptr, size_t size) noexcept nogil
+    ctypedef struct PyDataMem_Handler:
+        char name[127]
+        unsigned char version
+        PyDataMemAllocator allocator
+
+cdef extern from "numpy/arrayobject.h":
+    object PyDataMem_SetHandler(object handler)
+
+DEF SLOTS = 8
+MIN_POOLED_BYTES = 1 << 20
+
+cdef struct Pool:
+    void *block[SLOTS]
+    size_t size[SLOTS]
+    size_t cached_bytes
+    size_t limit_bytes
+    size_t min_bytes
+    int next_eviction
+    PyThread_type_lock lock
+
+cdef Pool pool
+cdef PyDataMem_Handler handler
+
+
+cdef void *pool_malloc(void *ctx, size_t size) noexcept nogil:
+    cdef Pool *p = <Pool *>ctx
+    cdef void *block = NULL
+    cdef int i
+    if size >= p.min_bytes:
+        PyThread_acquire_lock(p.lock, WAIT_LOCK)
+        for i in range(SLOTS):
+            if p.block[i] != NULL and p.size[i] == size:
+                block = p.block[i]
+                p.block[i] = NULL
+                p.cached_bytes -= size
+                break
+        PyThread_release_lock(p.lock)
+        if block != NULL:
+            return block
+    return malloc(size if size else 1)
+
+
+cdef void *pool_calloc(void *ctx, size_t nelem, size_t elsize) noexcept nogil:
+    cdef size_t size = nelem * elsize
+    cdef void *block
+    if elsize and size // elsize != nelem:
+        return NULL
+    if size >= (<Pool *>ctx).min_bytes:
+        block = pool_malloc(ctx, size)
+        if block != NULL:
+            memset(block, 0, size)
+        return block
+    return calloc(nelem if nelem else 1, elsize if elsize else 1)
+
+
+cdef void *pool_realloc(void *ctx, void *ptr, size_t new_size) noexcept nogil:
+    return realloc(ptr, new_size if new_size else 1)
+
+
+cdef void pool_free(void *ctx, void *ptr, size_t size) noexcept nogil:
+    cdef Pool *p = <Pool *>ctx
+    cdef int i, slot = -1
+    if ptr == NULL:
+        return
+    if size < p.min_bytes or size > p.limit_bytes:
+        free(ptr)
+        return
+    PyThread_acquire_lock(p.lock, WAIT_LOCK)
+    # evict in round-robin order until the block fits in a slot and the budget
+    while True:
+        for i in range(SLOTS):
+            if p.block[i] == NULL:
+                slot = i
+                break
+        if slot >= 0 and p.cached_bytes + size <= p.limit_bytes:
+            break
+        i = p.next_eviction
+        p.next_eviction = (p.next_eviction + 1) % SLOTS
+        if p.block[i] != NULL:
+            free(p.block[i])
+            p.cached_bytes -= p.size[i]
+            p.block[i] = NULL
+        slot = -1
+    p.block[slot] = ptr
+    p.size[slot] = size
+    p.cached_bytes += size
+    PyThread_release_lock(p.lock)
+
+
+cdef object make_handler():
+    strncpy(handler.name, b"layernorm_buffer_pool", 127)
+    handler.version = 1
+    handler.allocator.ctx = &pool
+    handler.allocator.malloc = pool_malloc
+    handler.allocator.calloc = pool_calloc
+    handler.allocator.realloc = pool_realloc
+    handler.allocator.free = pool_free
+    return PyCapsule_New(&handler, "mem_handler", NULL)
+
+
+def _limit_from_environment():
+    value = os.environ.get("LAYERNORM_BUFFER_POOL_MB", "512")
+    try:
+        megabytes = float(value)
+    except ValueError:
+        megabytes = 512.0
+    return max(0, int(megabytes * (1 << 20)))
+
+
+pool.lock = PyThread_allocate_lock()
+pool.limit_bytes = _limit_from_environment()
+pool.min_bytes = MIN_POOLED_BYTES
+_handler_capsule = make_handler()
+
+
+def empty(shape, dtype):
+    """numpy.empty, from the pool when the array is large."""
+    dtype = np.dtype(dtype)
+    cdef Py_ssize_t nbytes = dtype.itemsize
+    for n in shape:
+        nbytes *= n
+    if nbytes < MIN_POOLED_BYTES or pool.limit_bytes == 0:
+        return np.empty(shape, dtype)
+    previous = PyDataMem_SetHandler(_handler_capsule)
+    try:
+        return np.empty(shape, dtype)
+    finally:
+        PyDataMem_SetHandler(previous)
+
+
+def empty_like(array):
+    """An uninitialized C-contiguous array of `array`'s shape and dtype."""
+    return empty(array.shape, array.dtype)
+
+
+def cached_bytes():
+    """Bytes held by the pool right now."""
+    return pool.cached_bytes

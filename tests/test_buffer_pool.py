@@ -1,0 +1,59 @@
+"""The output buffer pool: large outputs reuse freed blocks, never live ones."""
+import numpy as np
+
+import layernorm as ln
+from layernorm import _buffer_pool
+
+from conftest import python_subprocess
+
+BIG = (512, 1024)          # 2 MB of float32: pooled
+
+
+def test_large_outputs_are_correct_and_reuse_freed_blocks():
+    x = np.random.default_rng(0).standard_normal(BIG, dtype=np.float32)
+    first = ln.layer_norm(x)
+    address = first.__array_interface__["data"][0]
+    expected = first.copy()
+    del first                                  # its block goes back to the pool
+    assert _buffer_pool.cached_bytes() >= x.nbytes
+    second = ln.layer_norm(x)
+    assert second.__array_interface__["data"][0] == address
+    np.testing.assert_array_equal(second, expected)
+
+
+def test_live_outputs_never_share_a_block():
+    x = np.random.default_rng(1).standard_normal(BIG, dtype=np.float32)
+    # eps=0: every scaled copy normalizes to the same values (up to rounding)
+    outputs = [ln.layer_norm(x * (i + 1), eps=0.0) for i in range(12)]   # more than the pool's slots
+    addresses = {o.__array_interface__["data"][0] for o in outputs}
+    assert len(addresses) == len(outputs)
+    for o in outputs:
+        np.testing.assert_allclose(o, outputs[0], atol=2e-6)
+
+
+def test_blocks_are_reused_only_for_the_same_size():
+    a = _buffer_pool.empty((300, 1024), np.float32)
+    a_address = a.__array_interface__["data"][0]
+    del a
+    b = _buffer_pool.empty((301, 1024), np.float32)
+    assert b.__array_interface__["data"][0] != a_address
+    b[...] = 1                                 # the block is fully writable
+    c = _buffer_pool.empty((300, 1024), np.float32)
+    assert c.__array_interface__["data"][0] == a_address
+
+
+def test_small_arrays_and_resize_use_plain_memory():
+    small = _buffer_pool.empty((4, 4), np.float64)
+    assert small.shape == (4, 4) and small.flags.c_contiguous
+    big = _buffer_pool.empty((2 << 20,), np.uint8)
+    big.resize((3 << 20,), refcheck=False)     # realloc through the handler
+    big[-1] = 7
+    assert big[-1] == 7
+
+
+def test_environment_turns_the_pool_off():
+    out = python_subprocess(
+        "import numpy as np, layernorm as ln; from layernorm import _buffer_pool as p;"
+        "y = ln.layer_norm(np.ones((512, 1024), np.float32)); del y; print(p.cached_bytes())",
+        LAYERNORM_BUFFER_POOL_MB="0")
+    assert out.strip() == "0"
