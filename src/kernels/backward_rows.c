@@ -16,8 +16,11 @@
  */
 #include "layernorm/kernel_common.h"
 
-/* Rows summed in the compute type before a flush into float64. */
-#define LN_GROUP 32
+/* Rows whose dx pass runs column by column together (their dweight/dbias
+ * sums stay in registers, in the compute type, then go to float64). */
+#define LN_GROUP 8
+/* ... fewer for long rows: a group holds at most this many elements per array. */
+#define LN_GROUP_ELEMENTS 16384
 /* Row blocks of the dweight/dbias reduction: at least this many rows each
  * (every block costs a float64 partial of 2 * cols values) ... */
 #define LN_MIN_BLOCK_ROWS 32
@@ -114,9 +117,49 @@ static inline C row_mean(const ln_backward_args *a, int64_t r)
     return a->mode == LN_MODE_RMS_NORM ? (C)0 : ((const C *)a->mean)[r];
 }
 
-static void flush(double *partial, C *acc, int64_t n)
+/* dx for a group of rows (at most LN_GROUP, coefficients in c), column
+ * vector by column vector, so that the group's dy*xhat and dy sums stay in
+ * registers and reach the float64 partials once per group. */
+static void dx_group(const ln_backward_args *a, int64_t first, int64_t count, const row_coefficients *c,
+                     double *partial_w, double *partial_b)
 {
-    for (int64_t i = 0; i < n; i++) { partial[i] += (double)acc[i]; acc[i] = 0; }
+    const int64_t cols = a->layout.reduce;
+    const C *weight = a->weight;
+    const E *x = (const E *)a->x + first * cols, *dy = (const E *)a->dy + first * cols;
+    E *dx = (E *)a->dx + first * cols;
+    int64_t i = 0;
+    for (; i + VL <= cols; i += VL) {
+        const V w = weight ? vload_c(weight + i) : vbroadcast(1);
+        V acc_w = vbroadcast(0), acc_b = vbroadcast(0);
+        for (int64_t g = 0; g < count; g++) {
+            const int64_t at = g * cols + i;
+            const V d = LOADV(dy + at);
+            const V xhat = (LOADV(x + at) - vbroadcast(c[g].mean)) * vbroadcast(c[g].rstd);
+            STOREV(dx + at, vbroadcast(c[g].rstd) * ((d * w - vbroadcast(c[g].mean_g)) - xhat * vbroadcast(c[g].mean_gx)));
+            acc_w += d * xhat;
+            acc_b += d;
+        }
+        if (partial_w) {
+            vd_store(partial_w + i, vd_load(partial_w + i) + vwiden(acc_w));
+            vd_store(partial_b + i, vd_load(partial_b + i) + vwiden(acc_b));
+        }
+    }
+    for (; i < cols; i++) {
+        const C w = weight ? weight[i] : 1;
+        C acc_w = 0, acc_b = 0;
+        for (int64_t g = 0; g < count; g++) {
+            const int64_t at = g * cols + i;
+            const C d = LOAD1(dy + at);
+            const C xhat = (LOAD1(x + at) - c[g].mean) * c[g].rstd;
+            STORE1(dx + at, c[g].rstd * ((d * w - c[g].mean_g) - xhat * c[g].mean_gx));
+            acc_w += d * xhat;
+            acc_b += d;
+        }
+        if (partial_w) {
+            partial_w[i] += (double)acc_w;
+            partial_b[i] += (double)acc_b;
+        }
+    }
 }
 
 /* Many rows: threads take row blocks; each block owns a float64 partial. */
@@ -130,37 +173,29 @@ static int backward_row_blocks(const ln_backward_args *a)
     if (blocks * cols > LN_MAX_PARTIALS) blocks = LN_MAX_PARTIALS / cols > 1 ? LN_MAX_PARTIALS / cols : 1;
     const int64_t rows_per_block = (rows + blocks - 1) / blocks;
     blocks = (rows + rows_per_block - 1) / rows_per_block;
+    /* a group's rows are read twice, so they should stay in L2 in between */
+    int64_t group = LN_GROUP_ELEMENTS / cols;
+    group = group < 1 ? 1 : group > LN_GROUP ? LN_GROUP : group;
     double *partial = want_params ? calloc((size_t)(2 * blocks * cols), sizeof *partial) : NULL;
     if (want_params && !partial) return LN_ERROR_NO_MEMORY;
-    int status = LN_OK;
 
-    #pragma omp parallel num_threads(a->num_threads) if (ln_parallel_if(rows * cols, a->num_threads))
-    {
-        C *acc = want_params ? calloc((size_t)(2 * cols), sizeof *acc) : NULL;   /* per thread */
-        if (want_params && !acc) {
-            #pragma omp atomic write
-            status = LN_ERROR_NO_MEMORY;
-        }
-        #pragma omp for schedule(static)
-        for (int64_t b = 0; b < blocks; b++) {
-            if (want_params && !acc) continue;
-            const int64_t first = b * rows_per_block;
-            const int64_t last = first + rows_per_block < rows ? first + rows_per_block : rows;
-            for (int64_t r = first; r < last; r++) {
+    #pragma omp parallel for schedule(static) num_threads(a->num_threads) if (ln_parallel_if(rows * cols, a->num_threads))
+    for (int64_t b = 0; b < blocks; b++) {
+        const int64_t first = b * rows_per_block;
+        const int64_t last = first + rows_per_block < rows ? first + rows_per_block : rows;
+        for (int64_t g0 = first; g0 < last; g0 += group) {
+            const int64_t count = last - g0 < group ? last - g0 : group;
+            row_coefficients c[LN_GROUP];
+            for (int64_t g = 0; g < count; g++) {
+                const int64_t r = g0 + g;
                 const E *x = (const E *)a->x + r * cols, *dy = (const E *)a->dy + r * cols;
-                const C mean = row_mean(a, r), rstd = ((const C *)a->rstd)[r];
-                const row_coefficients c = coefficients(a, r, sum_row(x, dy, weight, cols, mean, rstd));
-                dx_span(x, dy, (E *)a->dx + r * cols, weight, cols, c.mean, c.rstd, c.mean_g, c.mean_gx,
-                        acc, acc ? acc + cols : NULL);
-                if (acc && ((r - first + 1) % LN_GROUP == 0 || r + 1 == last)) {
-                    flush(partial + 2 * b * cols, acc, cols);
-                    flush(partial + (2 * b + 1) * cols, acc + cols, cols);
-                }
+                c[g] = coefficients(a, r, sum_row(x, dy, weight, cols, row_mean(a, r), ((const C *)a->rstd)[r]));
             }
+            dx_group(a, g0, count, c, partial ? partial + 2 * b * cols : NULL,
+                     partial ? partial + (2 * b + 1) * cols : NULL);
         }
-        free(acc);
     }
-    if (status != LN_OK || !want_params) { free(partial); return status; }
+    if (!want_params) return LN_OK;
 
     #pragma omp parallel for schedule(static) num_threads(a->num_threads) if (ln_parallel_if(blocks * cols, a->num_threads))
     for (int64_t j = 0; j < cols; j++) {

@@ -110,6 +110,41 @@ def _fast_forward(mode, x, axis, weight, bias, eps, out, return_stats):
     return (y, mean, rstd) if mode == _LAYER_NORM else (y, rstd)
 
 
+def _fast_backward(mode, dy, x, mean, rstd, axis, weight):
+    """The common small backward call, checked cheaply: C-contiguous
+    float32/float64 dy and x of one dtype and shape over trailing axes,
+    statistics and weight of the exact shapes and dtype.  Returns None when
+    the general path must run."""
+    if type(x) is not np.ndarray or type(dy) is not np.ndarray:
+        return None
+    code = _FAST_CODES.get(x.dtype)
+    if (code is None or dy.dtype != x.dtype or dy.shape != x.shape or x.ndim == 0 or x.size == 0
+            or not (x.flags.c_contiguous and dy.flags.c_contiguous)):
+        return None
+    kind = type(axis)
+    if kind is not int and kind is not tuple:
+        return None
+    start = _trailing_start(axis, x.ndim)
+    if start < 0:
+        return None
+    pshape = x.shape[start:]
+    sshape = x.shape[:start] + (1,) * len(pshape)
+    for stat in (mean, rstd):
+        if stat is not None and (type(stat) is not np.ndarray or stat.dtype != x.dtype or stat.shape != sshape
+                                 or not stat.flags.c_contiguous):
+            return None
+    if weight is not None and (type(weight) is not np.ndarray or weight.dtype != x.dtype
+                               or weight.shape != pshape or not weight.flags.c_contiguous):
+        return None
+    n = math.prod(pshape)
+    dx = _empty_like(x)
+    dweight = np.empty(pshape, x.dtype)
+    dbias = np.empty(pshape, x.dtype) if mode == _LAYER_NORM else None
+    _kernels.backward(code, mode, (x.size // n, n, 1), dy, x, mean, rstd, weight, dx, dweight, dbias,
+                      get_num_threads())
+    return (dx, dweight, dbias) if mode == _LAYER_NORM else (dx, dweight)
+
+
 def _as_companion(array, name, dtype, shape, reference="x"):
     """An input that must match x's (kernel) dtype and shape: dy, residual."""
     if isinstance(array, np.ndarray) and kernel_dtype(array.dtype, name) != dtype:
@@ -315,9 +350,16 @@ def layer_norm_backward(dy, x, mean, rstd, axis=-1, weight=None):
     dweight and dbias have the normalized shape, summed over all other axes
     (in weight's dtype when weight is given, else the statistics' dtype).
     """
+    if mean is not None:
+        result = _fast_backward(_LAYER_NORM, dy, x, mean, rstd, axis, weight)
+        if result is not None:
+            return result
     return _backward(_LAYER_NORM, dy, x, mean, rstd, axis, weight)
 
 
 def rms_norm_backward(dy, x, rrms, axis=-1, weight=None):
     """Gradients of :func:`rms_norm`: returns ``(dx, dweight)``."""
+    result = _fast_backward(_RMS_NORM, dy, x, None, rrms, axis, weight)
+    if result is not None:
+        return result
     return _backward(_RMS_NORM, dy, x, None, rrms, axis, weight)
