@@ -17,7 +17,7 @@ typedef struct { C hi, lo, scale; } row_transform;
 /* Turn merged moments into the normalize-pass constants and the outputs. */
 static inline row_transform finish_layer_norm(ln_moments m, C shift, double eps, C *mean_out, C *rstd_out)
 {
-    const double rstd = 1.0 / sqrt(m.m2 / m.n + eps);
+    const double rstd = 1.0 / sqrt(m.m2 * (1.0 / m.n) + eps);
     if (mean_out) *mean_out = (C)((double)shift + m.mean);
     if (rstd_out) *rstd_out = (C)rstd;
     return (row_transform){shift, (C)m.mean, (C)rstd};
@@ -25,7 +25,7 @@ static inline row_transform finish_layer_norm(ln_moments m, C shift, double eps,
 
 static inline row_transform finish_rms_norm(double sum_squares, int64_t n, double eps, C *rrms_out)
 {
-    const double rrms = 1.0 / sqrt(sum_squares / (double)n + eps);
+    const double rrms = 1.0 / sqrt(sum_squares * (1.0 / (double)n) + eps);
     if (rrms_out) *rrms_out = (C)rrms;
     return (row_transform){0, 0, (C)rrms};
 }
@@ -44,29 +44,47 @@ static inline C row_shift(const ln_forward_args *a, int64_t offset)
     return a->residual ? rounded_sum(x, (const E *)a->residual + offset) : LOAD1(x);
 }
 
-static void forward_one_row(const ln_forward_args *a, int64_t r, const C *recip)
+/* Rows handled together: their moments first, then one vectorizable finish
+ * (divides and square roots of the group at once), then the normalize pass
+ * of each row, still in cache.  Each row's arithmetic is its own. */
+#define LN_ROW_GROUP 8
+
+static void forward_row_group(const ln_forward_args *a, int64_t first, int64_t count, const C *recip)
 {
-    const int64_t cols = a->layout.reduce, offset = r * cols;
-    C *mean_out = a->mean ? (C *)a->mean + r : NULL;
-    C *rstd_out = a->rstd ? (C *)a->rstd + r : NULL;
-    const C shift = a->mode == LN_MODE_RMS_NORM ? 0 : row_shift(a, offset);
-    if (a->residual)
-        add_span((const E *)a->x + offset, (const E *)a->residual + offset, (E *)a->sum_out + offset, cols);
-    const E *src = row_source(a, offset);
-    row_transform t;
-    if (a->mode == LN_MODE_RMS_NORM) {
-        double sum_squares = 0;
-        for (int64_t start = 0; start < cols; start += LN_BLOCK)
-            sum_squares += block_sum_squares(src + start, cols - start < LN_BLOCK ? cols - start : LN_BLOCK);
-        t = finish_rms_norm(sum_squares, cols, a->eps, rstd_out);
-    } else {
-        ln_moments m = {0, 0, 0};
-        for (int64_t start = 0; start < cols; start += LN_BLOCK)
-            chan_merge(&m, block_welford(src + start, cols - start < LN_BLOCK ? cols - start : LN_BLOCK, shift, recip));
-        t = finish_layer_norm(m, shift, a->eps, mean_out, rstd_out);
+    const int64_t cols = a->layout.reduce;
+    const int rms = a->mode == LN_MODE_RMS_NORM;
+    const double inv_n = 1.0 / (double)cols;
+    C shift[LN_ROW_GROUP];
+    double mean[LN_ROW_GROUP], m2[LN_ROW_GROUP], rstd[LN_ROW_GROUP];
+    for (int64_t g = 0; g < count; g++) {
+        const int64_t offset = (first + g) * cols;
+        shift[g] = rms ? 0 : row_shift(a, offset);
+        if (a->residual)
+            add_span((const E *)a->x + offset, (const E *)a->residual + offset, (E *)a->sum_out + offset, cols);
+        const E *src = row_source(a, offset);
+        if (rms) {
+            double sum_squares = 0;
+            for (int64_t start = 0; start < cols; start += LN_BLOCK)
+                sum_squares += block_sum_squares(src + start, cols - start < LN_BLOCK ? cols - start : LN_BLOCK);
+            mean[g] = 0;
+            m2[g] = sum_squares;
+        } else {
+            ln_moments m = {0, 0, 0};
+            for (int64_t start = 0; start < cols; start += LN_BLOCK)
+                chan_merge(&m, block_welford(src + start, cols - start < LN_BLOCK ? cols - start : LN_BLOCK,
+                                             shift[g], recip));
+            mean[g] = m.mean;
+            m2[g] = m.m2;
+        }
     }
-    normalize_span(src, (E *)a->y + offset, cols, t.hi, t.lo, t.scale,
-                   (const C *)a->weight, (const C *)a->bias);
+    for (int64_t g = 0; g < count; g++) rstd[g] = 1.0 / sqrt(m2[g] * inv_n + a->eps);
+    for (int64_t g = 0; g < count; g++) {
+        const int64_t r = first + g, offset = r * cols;
+        if (a->rstd) ((C *)a->rstd)[r] = (C)rstd[g];
+        if (a->mean && !rms) ((C *)a->mean)[r] = (C)((double)shift[g] + mean[g]);
+        normalize_span(row_source(a, offset), (E *)a->y + offset, cols, shift[g], (C)mean[g], (C)rstd[g],
+                       (const C *)a->weight, (const C *)a->bias);
+    }
 }
 
 /* A few long rows: blocks of every row are spread over the threads. */
@@ -135,12 +153,16 @@ int FN(forward_rows)(const ln_forward_args *a)
     fill_reciprocals(recip, cols);
     if (rows < LN_SPLIT_BELOW_ROWS && cols > LN_BLOCK && rows * cols >= LN_PARALLEL_MIN_ELEMENTS)
         return forward_split_rows(a, recip);
+    const int64_t groups = (rows + LN_ROW_GROUP - 1) / LN_ROW_GROUP;
+#define LN_GROUP_AT(g) forward_row_group(a, (g) * LN_ROW_GROUP, \
+                                         rows - (g) * LN_ROW_GROUP < LN_ROW_GROUP ? rows - (g) * LN_ROW_GROUP : LN_ROW_GROUP, recip)
     if (!ln_parallel_if(rows * cols, a->num_threads)) {
         /* small call: no OpenMP region at all, its start-up costs microseconds */
-        for (int64_t r = 0; r < rows; r++) forward_one_row(a, r, recip);
+        for (int64_t g = 0; g < groups; g++) LN_GROUP_AT(g);
         return LN_OK;
     }
     #pragma omp parallel for schedule(static) num_threads(a->num_threads)
-    for (int64_t r = 0; r < rows; r++) forward_one_row(a, r, recip);
+    for (int64_t g = 0; g < groups; g++) LN_GROUP_AT(g);
+#undef LN_GROUP_AT
     return LN_OK;
 }
