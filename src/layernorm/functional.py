@@ -50,7 +50,11 @@ _trailing_starts = {}   # (axis, ndim) -> first axis of a trailing axis set, or 
 
 
 def _trailing_start(axis, ndim):
-    """First normalized axis if `axis` names trailing axes of an ndim array, else -1."""
+    """First normalized axis if `axis` (an int or a tuple) names trailing
+    axes of an ndim array, else -1."""
+    kind = type(axis)
+    if kind is not int and kind is not tuple:
+        return -1
     key = (axis, ndim)
     start = _trailing_starts.get(key)
     if start is None:
@@ -64,6 +68,12 @@ def _trailing_start(axis, ndim):
     return start
 
 
+def _exact_array(array, dtype, shape):
+    """None, or a C-contiguous ndarray of exactly `dtype` and `shape`."""
+    return array is None or (type(array) is np.ndarray and array.dtype == dtype and array.shape == shape
+                             and array.flags.c_contiguous)
+
+
 def _fast_forward(mode, x, axis, weight, bias, eps, out, return_stats):
     """The common small call, checked cheaply: a C-contiguous float32/float64
     array over trailing axes (axis an int or a tuple), weight/bias None or
@@ -75,17 +85,12 @@ def _fast_forward(mode, x, axis, weight, bias, eps, out, return_stats):
     code = _FAST_CODES.get(x.dtype)
     if code is None or not x.flags.c_contiguous or x.ndim == 0 or x.size == 0:
         return None
-    kind = type(axis)
-    if kind is not int and kind is not tuple:
-        return None
     start = _trailing_start(axis, x.ndim)
     if start < 0:
         return None
     pshape = x.shape[start:]
-    for p in (weight, bias):
-        if p is not None and (type(p) is not np.ndarray or p.dtype != x.dtype or p.shape != pshape
-                              or not p.flags.c_contiguous):
-            return None
+    if not (_exact_array(weight, x.dtype, pshape) and _exact_array(bias, x.dtype, pshape)):
+        return None
     if out is None:
         y = _empty_like(x)
     elif out is x and x.flags.writeable:
@@ -118,23 +123,16 @@ def _fast_backward(mode, dy, x, mean, rstd, axis, weight):
     if type(x) is not np.ndarray or type(dy) is not np.ndarray:
         return None
     code = _FAST_CODES.get(x.dtype)
-    if (code is None or dy.dtype != x.dtype or dy.shape != x.shape or x.ndim == 0 or x.size == 0
-            or not (x.flags.c_contiguous and dy.flags.c_contiguous)):
-        return None
-    kind = type(axis)
-    if kind is not int and kind is not tuple:
+    if (code is None or x.ndim == 0 or x.size == 0 or not x.flags.c_contiguous
+            or not _exact_array(dy, x.dtype, x.shape)):
         return None
     start = _trailing_start(axis, x.ndim)
     if start < 0:
         return None
     pshape = x.shape[start:]
     sshape = x.shape[:start] + (1,) * len(pshape)
-    for stat in (mean, rstd):
-        if stat is not None and (type(stat) is not np.ndarray or stat.dtype != x.dtype or stat.shape != sshape
-                                 or not stat.flags.c_contiguous):
-            return None
-    if weight is not None and (type(weight) is not np.ndarray or weight.dtype != x.dtype
-                               or weight.shape != pshape or not weight.flags.c_contiguous):
+    if not (_exact_array(mean, x.dtype, sshape) and _exact_array(rstd, x.dtype, sshape)
+            and _exact_array(weight, x.dtype, pshape)):
         return None
     n = math.prod(pshape)
     dx = _empty_like(x)
