@@ -98,6 +98,91 @@ static inline void normalize_row(const tile_state *st, const E *x, E *y, int64_t
     for (; i < width; i++) STORE1(y + i, ((LOAD1(x + i) - st->shift[i]) - st->lo[i]) * st->scale[i] * w + b);
 }
 
+/* Positions handled together by forward_columns: enough independent vectors
+ * to hide the Welford chain's latency, few enough to stay in registers. */
+#define LN_COLUMN_VECTORS 4
+
+/* Register-blocked statistics and normalization of `vectors` (a constant
+ * after inlining) vectors of positions starting at inner index i: walking
+ * down `reduce`, the shifted Welford state stays in registers (no state
+ * loads or stores per row) and is merged into float64 every LN_CHUNK_ROWS
+ * rows; then the rows, still in L1, are normalized.  Same arithmetic as the
+ * tile path: each position's result does not depend on the blocking. */
+static inline __attribute__((always_inline)) void forward_columns(const ln_forward_args *a, int64_t o, int64_t i,
+                                                                  const int vectors, const C *recip)
+{
+    const int64_t reduce = a->layout.reduce, inner = a->layout.inner;
+    const int64_t base = o * reduce * inner + i;
+    const int rms = a->mode == LN_MODE_RMS_NORM;
+    const E *x = (const E *)a->x, *residual = (const E *)a->residual;
+    E *sum_out = (E *)a->sum_out;
+    const E *src = residual ? sum_out : x;
+    V shift[LN_COLUMN_VECTORS], mean[LN_COLUMN_VECTORS], m2[LN_COLUMN_VECTORS];
+    double merged_mean[LN_COLUMN_VECTORS * VL], merged_m2[LN_COLUMN_VECTORS * VL];
+    for (int64_t j = 0; j < vectors * VL; j++) merged_mean[j] = merged_m2[j] = 0;
+    for (int k = 0; k < vectors; k++) shift[k] = vbroadcast(0);
+    for (int64_t first = 0; first < reduce; first += LN_CHUNK_ROWS) {
+        const int64_t last = first + LN_CHUNK_ROWS < reduce ? first + LN_CHUNK_ROWS : reduce;
+        for (int k = 0; k < vectors; k++) mean[k] = m2[k] = vbroadcast(0);
+        for (int64_t r = first; r < last; r++) {
+            const int64_t at = base + r * inner;
+            const V inv = vbroadcast(recip[r - first]);
+            for (int k = 0; k < vectors; k++) {
+                const int64_t p = at + k * VL;
+                if (residual) STOREV(sum_out + p, LOADV(x + p) + LOADV(residual + p));
+                V v = LOADV(src + p);
+                if (rms) {
+                    m2[k] += v * v;
+                } else {
+                    if (r == 0) shift[k] = v;
+                    v -= shift[k];
+                    const V delta = v - mean[k];
+                    mean[k] += delta * inv;
+                    m2[k] += delta * (v - mean[k]);
+                }
+            }
+        }
+        /* Chan-merge this chunk of rows into the float64 moments */
+        const double n = (double)last, nb = (double)(last - first), wb = nb / n, wab = (double)first * nb / n;
+        for (int k = 0; k < vectors; k++) {
+            C chunk_mean[VL], chunk_m2[VL];
+            vstore_c(chunk_mean, mean[k]);
+            vstore_c(chunk_m2, m2[k]);
+            for (int64_t l = 0; l < VL; l++) {
+                const int64_t j = k * VL + l;
+                const double delta = (double)chunk_mean[l] - merged_mean[j];
+                merged_mean[j] += delta * wb;
+                merged_m2[j] += (double)chunk_m2[l] + delta * delta * wab;
+            }
+        }
+    }
+    C lo[LN_COLUMN_VECTORS * VL], scale[LN_COLUMN_VECTORS * VL], shift_c[LN_COLUMN_VECTORS * VL];
+    for (int k = 0; k < vectors; k++) vstore_c(shift_c + k * VL, shift[k]);
+    const double inv_n = 1.0 / (double)reduce;
+    const int64_t stat = o * inner + i;
+    for (int64_t j = 0; j < vectors * VL; j++) {
+        const double rstd = 1.0 / sqrt(merged_m2[j] * inv_n + a->eps);
+        scale[j] = (C)rstd;
+        lo[j] = rms ? (C)0 : (C)merged_mean[j];
+        if (a->rstd) ((C *)a->rstd)[stat + j] = (C)rstd;
+        if (a->mean && !rms) ((C *)a->mean)[stat + j] = (C)((double)shift_c[j] + merged_mean[j]);
+    }
+    V vlo[LN_COLUMN_VECTORS], vscale[LN_COLUMN_VECTORS];
+    for (int k = 0; k < vectors; k++) {
+        vlo[k] = vload_c(lo + k * VL);
+        vscale[k] = vload_c(scale + k * VL);
+    }
+    const C *weight = a->weight, *bias = a->bias;
+    for (int64_t r = 0; r < reduce; r++) {
+        const int64_t at = base + r * inner;
+        const V w = vbroadcast(weight ? weight[r] : 1), b = vbroadcast(bias ? bias[r] : 0);
+        for (int k = 0; k < vectors; k++) {
+            const V c = (LOADV(src + at + k * VL) - shift[k]) - vlo[k];
+            STOREV((E *)a->y + at + k * VL, c * vscale[k] * w + b);
+        }
+    }
+}
+
 static void forward_tile(const ln_forward_args *a, int64_t o, int64_t i0, int64_t width, tile_state *st)
 {
     const int64_t reduce = a->layout.reduce, inner = a->layout.inner;
@@ -138,6 +223,8 @@ int FN(forward_strided)(const ln_forward_args *a)
     if (a->residual && !a->sum_out) return LN_ERROR_ARGUMENT;
     const int64_t tiles = (inner + LN_TILE - 1) / LN_TILE, items = outer * tiles;
     int status = LN_OK;
+    C recip[LN_CHUNK_ROWS];
+    for (int64_t r = 0; r < LN_CHUNK_ROWS; r++) recip[r] = (C)1 / (C)(r + 1);
 
     #pragma omp parallel num_threads(a->num_threads) if (ln_parallel_if(outer * reduce * inner, a->num_threads))
     {
@@ -150,7 +237,12 @@ int FN(forward_strided)(const ln_forward_args *a)
         for (int64_t item = 0; item < items; item++) {
             if (!st) continue;
             const int64_t o = item / tiles, i0 = (item % tiles) * LN_TILE;
-            forward_tile(a, o, i0, inner - i0 < LN_TILE ? inner - i0 : LN_TILE, st);
+            const int64_t width = inner - i0 < LN_TILE ? inner - i0 : LN_TILE;
+            int64_t i = 0;
+            for (; i + LN_COLUMN_VECTORS * VL <= width; i += LN_COLUMN_VECTORS * VL)
+                forward_columns(a, o, i0 + i, LN_COLUMN_VECTORS, recip);
+            for (; i + VL <= width; i += VL) forward_columns(a, o, i0 + i, 1, recip);
+            if (i < width) forward_tile(a, o, i0 + i, width - i, st);   /* fewer than VL positions */
         }
         free(st);
     }
