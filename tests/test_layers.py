@@ -13,6 +13,7 @@ from hypothesis import strategies as st
 import layernorm as ln
 from layernorm import constraints, initializers, regularizers
 from layernorm.layers import LayerNormalization, RMSNormalization, Sequential, layer_normalization
+from conftest import numeric_gradient as numerical_grad
 
 
 def keras_layer_norm(x, axis, gamma=None, beta=None, epsilon=1e-3):
@@ -40,18 +41,6 @@ def keras_rms_norm(x, axis, scale, epsilon=1e-6):
     return x * rrms * np.reshape(scale, bshape)
 
 
-def numerical_grad(f, a, h=1e-6):
-    """Central finite differences of the scalar function f with respect to array a (in place)."""
-    g = np.zeros_like(a, dtype=np.float64)
-    for i in np.ndindex(a.shape):
-        old = a[i]
-        a[i] = old + h
-        fp = f()
-        a[i] = old - h
-        fm = f()
-        a[i] = old
-        g[i] = (fp - fm) / (2 * h)
-    return g
 
 
 # --------------------------------------------------------------------------

@@ -9,6 +9,7 @@ from hypothesis import strategies as st
 
 import layernorm as ln
 from layernorm.modules import LayerNorm, RMSNorm
+from conftest import numeric_gradient as numerical_grad
 
 
 def ref_layer_norm(x, k, weight=None, bias=None, eps=1e-5):
@@ -32,17 +33,6 @@ def ref_rms_norm(x, k, weight=None, eps=None):
     return y if weight is None else y * weight
 
 
-def numerical_grad(f, a, h=1e-6):
-    g = np.zeros_like(a, dtype=np.float64)
-    for i in np.ndindex(a.shape):
-        old = a[i]
-        a[i] = old + h
-        fp = f()
-        a[i] = old - h
-        fm = f()
-        a[i] = old
-        g[i] = (fp - fm) / (2 * h)
-    return g
 
 
 X = np.random.default_rng(0).normal(size=(20, 5, 10, 10)).astype(np.float32)
