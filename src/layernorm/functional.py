@@ -74,12 +74,13 @@ def _exact_array(array, dtype, shape):
                              and array.flags.c_contiguous)
 
 
-def _fast_forward(mode, x, axis, weight, bias, eps, out, return_stats):
+def _fast_forward(mode, x, axis, weight, bias, eps, out, return_stats, residual=None, sum_out=None):
     """The common small call, checked cheaply: a C-contiguous float32/float64
     array over trailing axes (axis an int or a tuple), weight/bias None or
     C-contiguous arrays of x's dtype, out None, x itself, or a C-contiguous
-    writeable array that overlaps no input.  Returns None when the general
-    path must run."""
+    writeable array that overlaps no input.  With a residual (the fused add):
+    a residual of x's dtype and shape, out None, sum_out None or the residual
+    itself.  Returns None when the general path must run."""
     if type(x) is not np.ndarray or type(eps) is not float or not 0.0 <= eps < math.inf:
         return None
     code = _FAST_CODES.get(x.dtype)
@@ -91,6 +92,12 @@ def _fast_forward(mode, x, axis, weight, bias, eps, out, return_stats):
     pshape = x.shape[start:]
     if not (_exact_array(weight, x.dtype, pshape) and _exact_array(bias, x.dtype, pshape)):
         return None
+    s = None
+    if residual is not None:
+        if (out is not None or not _exact_array(residual, x.dtype, x.shape)
+                or not (sum_out is None or (sum_out is residual and residual.flags.writeable))):
+            return None
+        s = _empty_like(x) if sum_out is None else sum_out
     if out is None:
         y = _empty_like(x)
     elif out is x and x.flags.writeable:
@@ -108,8 +115,10 @@ def _fast_forward(mode, x, axis, weight, bias, eps, out, return_stats):
         rstd = np.empty(sshape, x.dtype)
         if mode == _LAYER_NORM:
             mean = np.empty(sshape, x.dtype)
-    _kernels.forward(code, mode, (x.size // n, n, 1), x, None, None, y, weight, bias,
+    _kernels.forward(code, mode, (x.size // n, n, 1), x, residual, s, y, weight, bias,
                      mean, rstd, eps, get_num_threads())
+    if residual is not None:
+        return y, s
     if not return_stats:
         return y
     return (y, mean, rstd) if mode == _LAYER_NORM else (y, rstd)
@@ -331,12 +340,19 @@ def add_layer_norm(x, residual, axis=-1, weight=None, bias=None, eps=1e-5, *, ou
     place.  `residual` must have x's shape and dtype.  Returns ``(y, s)``.
     """
     _require_residual(residual)
+    result = _fast_forward(_LAYER_NORM, x, axis, weight, bias, eps, out, False, residual, sum_out)
+    if result is not None:
+        return result
     return _forward(_LAYER_NORM, x, axis, weight, bias, eps, out, False, residual, sum_out)
 
 
 def add_rms_norm(x, residual, axis=-1, weight=None, eps=None, *, out=None, sum_out=None):
     """Fused residual add and RMS norm: ``s = x + residual; y = rms_norm(s)``.  Returns ``(y, s)``."""
     _require_residual(residual)
+    if eps is not None:
+        result = _fast_forward(_RMS_NORM, x, axis, weight, None, eps, out, False, residual, sum_out)
+        if result is not None:
+            return result
     return _forward(_RMS_NORM, x, axis, weight, None, eps, out, False, residual, sum_out)
 
 
