@@ -8,6 +8,10 @@ cimport numpy as cnp
 
 cnp.import_array()
 
+# Fill the dispatch table now, under the GIL: the kernels run without it, and
+# two threads' first calls must not both initialize it.
+ln_simd_level()
+
 # storage dtype codes of the C API (enum ln_dtype)
 FLOAT32, FLOAT64, FLOAT16, BFLOAT16 = 0, 1, 2, 3
 LAYER_NORM, RMS_NORM = 0, 1
