@@ -139,3 +139,27 @@ def test_empty(dtype):
     x = np.zeros((0, 3), dtype)
     y, mean, rstd = ln.layer_norm(x, return_stats=True)
     assert y.shape == (0, 3) and y.dtype == dtype and mean.dtype == np.float32
+
+
+@pytest.mark.parametrize("shape, axis", [((37, 1000), -1), ((3, 70001), -1), ((4, 7, 33, 35), 1), ((5, 6, 7), (0, 2))])
+def test_half_weights_read_natively_give_the_bits_of_float32_copies(simd, dtype, shape, axis):
+    """Weights in x's half dtype are read by the kernels as they are; the
+    conversion to float32 is exact, so the results must not change."""
+    rng = np.random.default_rng(7)
+    x = rng.standard_normal(shape).astype(dtype)
+    axes = tuple(sorted(np.atleast_1d(axis) % len(shape)))
+    pshape = tuple(shape[a] for a in axes)
+    w = rng.standard_normal(pshape).astype(dtype)
+    b = rng.standard_normal(pshape).astype(dtype)
+    w32, b32 = w.astype(np.float32), b.astype(np.float32)
+    y, mean, rstd = ln.layer_norm(x, axis, w, b, return_stats=True)
+    y32 = ln.layer_norm(x, axis, w32, b32)
+    assert np.array_equal(y.view(np.uint16), y32.view(np.uint16))
+    dy = rng.standard_normal(shape).astype(dtype)
+    dx, dw, db = ln.layer_norm_backward(dy, x, mean, rstd, axis, w)
+    dx32, dw32, db32 = ln.layer_norm_backward(dy, x, mean, rstd, axis, w32)
+    assert np.array_equal(dx.view(np.uint16), dx32.view(np.uint16))
+    assert dw.dtype == dtype and np.array_equal(dw, dw32.astype(dtype))
+    r, s = ln.add_rms_norm(x, x, axis, w, eps=1e-6)
+    r32, s32 = ln.add_rms_norm(x, x, axis, w32, eps=1e-6)
+    assert np.array_equal(r.view(np.uint16), r32.view(np.uint16))

@@ -225,6 +225,21 @@ static inline void STORE1(E *p, C c)
 
 #define LN_STEPS_PER_BLOCK (LN_BLOCK / (LN_VECTOR_BYTES / 8 * LN_ACCUMULATORS))
 
+/* weight/bias entries, stored in the compute type or (storage != 0) like x */
+static inline V param_v(const void *p, int storage, int64_t i)
+{
+    return storage ? LOADV((const E *)p + i) : vload_c((const C *)p + i);
+}
+static inline C param_1(const void *p, int storage, int64_t i)
+{
+    return storage ? LOAD1((const E *)p + i) : ((const C *)p)[i];
+}
+static inline const void *param_at(const void *p, int storage, int64_t i)
+{
+    if (!p) return NULL;
+    return storage ? (const void *)((const E *)p + i) : (const void *)((const C *)p + i);
+}
+
 static inline int ln_parallel_if(int64_t elements, int num_threads)
 {
     return num_threads > 1 && elements >= LN_PARALLEL_MIN_ELEMENTS;

@@ -5,7 +5,8 @@
  * trailing), inner > 1 the strided layout (a block of axes followed by others,
  * e.g. the channel axis of NCHW).  Statistics have outer*inner entries.
  * Weights and biases have `reduce` entries in the compute type (float for
- * float32/float16/bfloat16 data, double for float64).  All entry points return
+ * float32/float16/bfloat16 data, double for float64), or in x's storage type
+ * when params_in_storage_type is set.  All entry points return
  * an int status (LN_OK on success) and never allocate more than O(statistics)
  * scratch; results are bitwise identical for any num_threads.
  */
@@ -46,6 +47,7 @@ typedef struct {
     void *y;                  /* OUT same shape as x (may alias x or sum_out) */
     const void *weight;       /* IN  [reduce] compute type, or NULL */
     const void *bias;         /* IN  [reduce] compute type, or NULL (LN only) */
+    int params_in_storage_type;  /* weight/bias stored like x (e.g. float16) instead */
     void *mean;               /* OUT [outer][inner] compute type, or NULL */
     void *rstd;               /* OUT [outer][inner] compute type, or NULL */
     double eps;
@@ -61,6 +63,7 @@ typedef struct {
     const void *mean;         /* IN  [outer][inner] compute type (LN only) */
     const void *rstd;         /* IN  [outer][inner] compute type (rrms for RMS) */
     const void *weight;       /* IN  [reduce] compute type, or NULL */
+    int params_in_storage_type;  /* weight stored like x (e.g. float16) instead */
     void *dx;                 /* OUT [outer][reduce][inner] */
     void *dweight;            /* OUT [reduce] compute type, or NULL */
     void *dbias;              /* OUT [reduce] compute type, or NULL (LN only) */

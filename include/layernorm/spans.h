@@ -20,26 +20,28 @@ static inline C rounded_sum(const E *x, const E *residual)
 }
 
 /* y = ((x - hi) - lo) * scale * weight + bias: the centred form with the mean
- * as a hi/lo pair (RMS norm passes hi = lo = 0).  weight/bias may be NULL. */
+ * as a hi/lo pair (RMS norm passes hi = lo = 0).  weight/bias may be NULL;
+ * `storage`: they are stored like x (see param_v). */
 static inline void normalize_span(const E *x, E *y, int64_t n, C hi, C lo, C scale,
-                                  const C *weight, const C *bias)
+                                  const void *weight, const void *bias, int storage)
 {
     const V vhi = vbroadcast(hi), vlo = vbroadcast(lo), vscale = vbroadcast(scale);
     int64_t i = 0;
 #define LN_CENTRED(i) (((LOADV(x + (i)) - vhi) - vlo) * vscale)
     if (weight && bias)
-        for (; i + VL <= n; i += VL) STOREV(y + i, LN_CENTRED(i) * vload_c(weight + i) + vload_c(bias + i));
+        for (; i + VL <= n; i += VL)
+            STOREV(y + i, LN_CENTRED(i) * param_v(weight, storage, i) + param_v(bias, storage, i));
     else if (weight)
-        for (; i + VL <= n; i += VL) STOREV(y + i, LN_CENTRED(i) * vload_c(weight + i));
+        for (; i + VL <= n; i += VL) STOREV(y + i, LN_CENTRED(i) * param_v(weight, storage, i));
     else if (bias)
-        for (; i + VL <= n; i += VL) STOREV(y + i, LN_CENTRED(i) + vload_c(bias + i));
+        for (; i + VL <= n; i += VL) STOREV(y + i, LN_CENTRED(i) + param_v(bias, storage, i));
     else
         for (; i + VL <= n; i += VL) STOREV(y + i, LN_CENTRED(i));
 #undef LN_CENTRED
     for (; i < n; i++) {
         C v = ((LOAD1(x + i) - hi) - lo) * scale;
-        if (weight) v *= weight[i];
-        if (bias) v += bias[i];
+        if (weight) v *= param_1(weight, storage, i);
+        if (bias) v += param_1(bias, storage, i);
         STORE1(y + i, v);
     }
 }

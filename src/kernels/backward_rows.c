@@ -31,13 +31,14 @@
 
 typedef struct { double sum_g, sum_g_xhat; } row_sums;
 
-static inline V grad_in(const C *weight, const E *dy, int64_t i)
+static inline V grad_in(const void *weight, int storage, const E *dy, int64_t i)
 {
-    return weight ? LOADV(dy + i) * vload_c(weight + i) : LOADV(dy + i);
+    return weight ? LOADV(dy + i) * param_v(weight, storage, i) : LOADV(dy + i);
 }
 
 /* sum(g) and sum(g * xhat) over one block, in lanes with K accumulators. */
-static inline row_sums block_sums(const E *x, const E *dy, const C *weight, int64_t n, C mean, C rstd)
+static inline row_sums block_sums(const E *x, const E *dy, const void *weight, int storage, int64_t n,
+                                  C mean, C rstd)
 {
     enum { K = LN_ACCUMULATORS };
     const V vmean = vbroadcast(mean), vrstd = vbroadcast(rstd);
@@ -47,7 +48,7 @@ static inline row_sums block_sums(const E *x, const E *dy, const C *weight, int6
     for (int64_t s = 0; s < steps; s++) {
         for (int k = 0; k < K; k++) {
             const int64_t i = s * step + k * VL;
-            const V g = grad_in(weight, dy, i);
+            const V g = grad_in(weight, storage, dy, i);
             const V xhat = (LOADV(x + i) - vmean) * vrstd;
             sg[k] += g;
             sgx[k] += g * xhat;
@@ -57,18 +58,19 @@ static inline row_sums block_sums(const E *x, const E *dy, const C *weight, int6
         for (int k = 0; k < width; k++) sg[k] += sg[k + width], sgx[k] += sgx[k + width];
     C tail_g = 0, tail_gx = 0;
     for (int64_t i = steps * step; i < n; i++) {
-        const C g = weight ? LOAD1(dy + i) * weight[i] : LOAD1(dy + i);
+        const C g = weight ? LOAD1(dy + i) * param_1(weight, storage, i) : LOAD1(dy + i);
         tail_g += g;
         tail_gx += g * ((LOAD1(x + i) - mean) * rstd);
     }
     return (row_sums){(double)hsum(sg[0]) + tail_g, (double)hsum(sgx[0]) + tail_gx};
 }
 
-static inline row_sums sum_row(const E *x, const E *dy, const C *weight, int64_t cols, C mean, C rstd)
+static inline row_sums sum_row(const E *x, const E *dy, const void *weight, int storage, int64_t cols,
+                               C mean, C rstd)
 {
     row_sums total = {0, 0};
     for (int64_t start = 0; start < cols; start += LN_BLOCK) {
-        const row_sums b = block_sums(x + start, dy + start, weight ? weight + start : NULL,
+        const row_sums b = block_sums(x + start, dy + start, param_at(weight, storage, start), storage,
                                       cols - start < LN_BLOCK ? cols - start : LN_BLOCK, mean, rstd);
         total.sum_g += b.sum_g;
         total.sum_g_xhat += b.sum_g_xhat;
@@ -77,7 +79,7 @@ static inline row_sums sum_row(const E *x, const E *dy, const C *weight, int64_t
 }
 
 /* dx over a span, and dy*xhat, dy added into acc_w/acc_b (each may be NULL). */
-static inline void dx_span(const E *x, const E *dy, E *dx, const C *weight, int64_t n,
+static inline void dx_span(const E *x, const E *dy, E *dx, const void *weight, int storage, int64_t n,
                            C mean, C rstd, C mean_g, C mean_gx, C *acc_w, C *acc_b)
 {
     const V vmean = vbroadcast(mean), vrstd = vbroadcast(rstd);
@@ -85,7 +87,7 @@ static inline void dx_span(const E *x, const E *dy, E *dx, const C *weight, int6
     int64_t i = 0;
     for (; i + VL <= n; i += VL) {
         const V d = LOADV(dy + i);
-        const V g = weight ? d * vload_c(weight + i) : d;
+        const V g = weight ? d * param_v(weight, storage, i) : d;
         const V xhat = (LOADV(x + i) - vmean) * vrstd;
         STOREV(dx + i, vrstd * ((g - vmg) - xhat * vmgx));
         if (acc_w) vstore_c(acc_w + i, vload_c(acc_w + i) + d * xhat);
@@ -93,7 +95,7 @@ static inline void dx_span(const E *x, const E *dy, E *dx, const C *weight, int6
     }
     for (; i < n; i++) {
         const C d = LOAD1(dy + i);
-        const C g = weight ? d * weight[i] : d;
+        const C g = weight ? d * param_1(weight, storage, i) : d;
         const C xhat = (LOAD1(x + i) - mean) * rstd;
         STORE1(dx + i, rstd * ((g - mean_g) - xhat * mean_gx));
         if (acc_w) acc_w[i] += d * xhat;
@@ -124,12 +126,13 @@ static void dx_group(const ln_backward_args *a, int64_t first, int64_t count, co
                      double *partial_w, double *partial_b)
 {
     const int64_t cols = a->layout.reduce;
-    const C *weight = a->weight;
+    const void *weight = a->weight;
+    const int storage = a->params_in_storage_type;
     const E *x = (const E *)a->x + first * cols, *dy = (const E *)a->dy + first * cols;
     E *dx = (E *)a->dx + first * cols;
     int64_t i = 0;
     for (; i + VL <= cols; i += VL) {
-        const V w = weight ? vload_c(weight + i) : vbroadcast(1);
+        const V w = weight ? param_v(weight, storage, i) : vbroadcast(1);
         V acc_w = vbroadcast(0), acc_b = vbroadcast(0);
         for (int64_t g = 0; g < count; g++) {
             const int64_t at = g * cols + i;
@@ -145,7 +148,7 @@ static void dx_group(const ln_backward_args *a, int64_t first, int64_t count, co
         }
     }
     for (; i < cols; i++) {
-        const C w = weight ? weight[i] : 1;
+        const C w = weight ? param_1(weight, storage, i) : 1;
         C acc_w = 0, acc_b = 0;
         for (int64_t g = 0; g < count; g++) {
             const int64_t at = g * cols + i;
@@ -166,7 +169,8 @@ static void dx_group(const ln_backward_args *a, int64_t first, int64_t count, co
 static int backward_row_blocks(const ln_backward_args *a)
 {
     const int64_t rows = a->layout.outer, cols = a->layout.reduce;
-    const C *weight = a->weight;
+    const void *weight = a->weight;
+    const int storage = a->params_in_storage_type;
     const int want_params = a->dweight || a->dbias;
     int64_t blocks = (rows + LN_MIN_BLOCK_ROWS - 1) / LN_MIN_BLOCK_ROWS;
     if (blocks > LN_MAX_ROW_BLOCKS) blocks = LN_MAX_ROW_BLOCKS;
@@ -189,7 +193,8 @@ static int backward_row_blocks(const ln_backward_args *a)
             for (int64_t g = 0; g < count; g++) {
                 const int64_t r = g0 + g;
                 const E *x = (const E *)a->x + r * cols, *dy = (const E *)a->dy + r * cols;
-                c[g] = coefficients(a, r, sum_row(x, dy, weight, cols, row_mean(a, r), ((const C *)a->rstd)[r]));
+                c[g] = coefficients(a, r, sum_row(x, dy, weight, storage, cols, row_mean(a, r),
+                                                  ((const C *)a->rstd)[r]));
             }
             dx_group(a, g0, count, c, partial ? partial + 2 * b * cols : NULL,
                      partial ? partial + (2 * b + 1) * cols : NULL);
@@ -217,7 +222,8 @@ static int backward_split_rows(const ln_backward_args *a)
 {
     const int64_t rows = a->layout.outer, cols = a->layout.reduce;
     const int64_t blocks_per_row = (cols + LN_BLOCK - 1) / LN_BLOCK, items = rows * blocks_per_row;
-    const C *weight = a->weight;
+    const void *weight = a->weight;
+    const int storage = a->params_in_storage_type;
     row_sums *partial = malloc((size_t)items * sizeof *partial);
     row_coefficients *coef = malloc((size_t)rows * sizeof *coef);
     if (!partial || !coef) { free(partial); free(coef); return LN_ERROR_NO_MEMORY; }
@@ -229,7 +235,7 @@ static int backward_split_rows(const ln_backward_args *a)
             const int64_t r = item / blocks_per_row, start = (item % blocks_per_row) * LN_BLOCK;
             const int64_t offset = r * cols + start;
             partial[item] = block_sums((const E *)a->x + offset, (const E *)a->dy + offset,
-                                       weight ? weight + start : NULL,
+                                       param_at(weight, storage, start), storage,
                                        cols - start < LN_BLOCK ? cols - start : LN_BLOCK,
                                        row_mean(a, r), ((const C *)a->rstd)[r]);
         }
@@ -255,7 +261,8 @@ static int backward_split_rows(const ln_backward_args *a)
                 const int64_t offset = r * cols + start;
                 const row_coefficients c = coef[r];
                 dx_span((const E *)a->x + offset, (const E *)a->dy + offset, (E *)a->dx + offset,
-                        weight ? weight + start : NULL, len, c.mean, c.rstd, c.mean_g, c.mean_gx, dweight, dbias);
+                        param_at(weight, storage, start), storage, len, c.mean, c.rstd, c.mean_g, c.mean_gx,
+                        dweight, dbias);
             }
         }
     }

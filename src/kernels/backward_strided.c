@@ -76,11 +76,12 @@ static void backward_tile(const ln_backward_args *a, int64_t o, int64_t i0, int6
 {
     const int64_t reduce = a->layout.reduce, inner = a->layout.inner;
     const int64_t base = o * reduce * inner + i0;
-    const C *weight = a->weight;
+    const int storage = a->params_in_storage_type;
+#define LN_WEIGHT(r) (a->weight ? param_1(a->weight, storage, (r)) : (C)1)
     load_statistics(a, st, o * inner + i0, width);
     for (int64_t r = 0; r < reduce; r++) {
         const int64_t offset = base + r * inner;
-        sum_row(st, (const E *)a->x + offset, (const E *)a->dy + offset, weight ? weight[r] : 1, width);
+        sum_row(st, (const E *)a->x + offset, (const E *)a->dy + offset, LN_WEIGHT(r), width);
     }
     for (int64_t i = 0; i < width; i++) {
         st->mean_g[i] = a->mode == LN_MODE_RMS_NORM ? (C)0 : (C)(st->sum_g[i] / (double)reduce);
@@ -89,8 +90,9 @@ static void backward_tile(const ln_backward_args *a, int64_t o, int64_t i0, int6
     for (int64_t r = 0; r < reduce; r++) {
         const int64_t offset = base + r * inner;
         dx_row(st, (const E *)a->x + offset, (const E *)a->dy + offset, (E *)a->dx + offset,
-               weight ? weight[r] : 1, width, dweight + r, dbias + r);
+               LN_WEIGHT(r), width, dweight + r, dbias + r);
     }
+#undef LN_WEIGHT
 }
 
 int FN(backward_strided)(const ln_backward_args *a)

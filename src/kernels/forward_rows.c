@@ -83,7 +83,7 @@ static void forward_row_group(const ln_forward_args *a, int64_t first, int64_t c
         if (a->rstd) ((C *)a->rstd)[r] = (C)rstd[g];
         if (a->mean && !rms) ((C *)a->mean)[r] = (C)((double)shift[g] + mean[g]);
         normalize_span(row_source(a, offset), (E *)a->y + offset, cols, shift[g], (C)mean[g], (C)rstd[g],
-                       (const C *)a->weight, (const C *)a->bias);
+                       a->weight, a->bias, a->params_in_storage_type);
     }
 }
 
@@ -135,8 +135,8 @@ static int forward_split_rows(const ln_forward_args *a, const C *recip)
             const int64_t len = cols - start < LN_BLOCK ? cols - start : LN_BLOCK;
             const row_transform t = transform[r];
             normalize_span(row_source(a, r * cols + start), (E *)a->y + r * cols + start, len, t.hi, t.lo, t.scale,
-                           a->weight ? (const C *)a->weight + start : NULL,
-                           a->bias ? (const C *)a->bias + start : NULL);
+                           param_at(a->weight, a->params_in_storage_type, start),
+                           param_at(a->bias, a->params_in_storage_type, start), a->params_in_storage_type);
         }
     }
     free(partial);

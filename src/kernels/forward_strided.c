@@ -172,10 +172,11 @@ static inline __attribute__((always_inline)) void forward_columns(const ln_forwa
         vlo[k] = vload_c(lo + k * VL);
         vscale[k] = vload_c(scale + k * VL);
     }
-    const C *weight = a->weight, *bias = a->bias;
+    const int storage = a->params_in_storage_type;
     for (int64_t r = 0; r < reduce; r++) {
         const int64_t at = base + r * inner;
-        const V w = vbroadcast(weight ? weight[r] : 1), b = vbroadcast(bias ? bias[r] : 0);
+        const V w = vbroadcast(a->weight ? param_1(a->weight, storage, r) : 1);
+        const V b = vbroadcast(a->bias ? param_1(a->bias, storage, r) : 0);
         for (int k = 0; k < vectors; k++) {
             const V c = (LOADV(src + at + k * VL) - shift[k]) - vlo[k];
             STOREV((E *)a->y + at + k * VL, c * vscale[k] * w + b);
@@ -209,10 +210,11 @@ static void forward_tile(const ln_forward_args *a, int64_t o, int64_t i0, int64_
     if (a->rstd) memcpy((C *)a->rstd + stat, st->scale, (size_t)width * sizeof(C));
     if (a->mean && !rms)
         for (int64_t i = 0; i < width; i++) ((C *)a->mean)[stat + i] = (C)st->m2[i];
-    const C *weight = a->weight, *bias = a->bias;
+    const int storage = a->params_in_storage_type;
     for (int64_t r = 0; r < reduce; r++) {
         const int64_t offset = base + r * inner;
-        normalize_row(st, src + offset, (E *)a->y + offset, width, weight ? weight[r] : 1, bias ? bias[r] : 0);
+        normalize_row(st, src + offset, (E *)a->y + offset, width,
+                      a->weight ? param_1(a->weight, storage, r) : 1, a->bias ? param_1(a->bias, storage, r) : 0);
     }
 }
 

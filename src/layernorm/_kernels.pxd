@@ -14,6 +14,7 @@ cdef extern from "layernorm/layernorm.h" nogil:
         void *y
         const void *weight
         const void *bias
+        int params_in_storage_type
         void *mean
         void *rstd
         double eps
@@ -27,6 +28,7 @@ cdef extern from "layernorm/layernorm.h" nogil:
         const void *mean
         const void *rstd
         const void *weight
+        int params_in_storage_type
         void *dx
         void *dweight
         void *dbias

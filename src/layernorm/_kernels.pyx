@@ -36,8 +36,11 @@ cdef inline int check(int status, str what) except -1:
 
 
 def forward(int dtype, int mode, tuple layout, x, residual, sum_out, y, weight, bias,
-            mean, rstd, double eps, int num_threads):
-    """y = normalize(x [+ residual]) over layout (outer, reduce, inner)."""
+            mean, rstd, double eps, int num_threads, bint params_in_storage_type=False):
+    """y = normalize(x [+ residual]) over layout (outer, reduce, inner).
+
+    weight/bias are in the compute type, or in x's dtype with
+    params_in_storage_type (half precision)."""
     cdef ln_forward_args args
     cdef int status
     args.mode = mode
@@ -48,6 +51,7 @@ def forward(int dtype, int mode, tuple layout, x, residual, sum_out, y, weight, 
     args.y = data_or_null(y)
     args.weight = data_or_null(weight)
     args.bias = data_or_null(bias)
+    args.params_in_storage_type = params_in_storage_type
     args.mean = data_or_null(mean)
     args.rstd = data_or_null(rstd)
     args.eps = eps
@@ -58,7 +62,7 @@ def forward(int dtype, int mode, tuple layout, x, residual, sum_out, y, weight, 
 
 
 def backward(int dtype, int mode, tuple layout, dy, x, mean, rstd, weight,
-             dx, dweight, dbias, int num_threads):
+             dx, dweight, dbias, int num_threads, bint params_in_storage_type=False):
     """dx, dweight, dbias of normalize over layout (outer, reduce, inner)."""
     cdef ln_backward_args args
     cdef int status
@@ -69,6 +73,7 @@ def backward(int dtype, int mode, tuple layout, dy, x, mean, rstd, weight,
     args.mean = data_or_null(mean)
     args.rstd = data_or_null(rstd)
     args.weight = data_or_null(weight)
+    args.params_in_storage_type = params_in_storage_type
     args.dx = data_or_null(dx)
     args.dweight = data_or_null(dweight)
     args.dbias = data_or_null(dbias)

@@ -171,6 +171,15 @@ def _as_statistic(stat, name, shape, dtype):
     return np.ascontiguousarray(array, dtype=dtype)
 
 
+def _params_in_storage_type(dtype, *params):
+    """Half-precision x with every given weight/bias in x's own dtype: the
+    kernels read them as they are (no float32 copy per call)."""
+    if dtype in _FAST_CODES:
+        return False
+    given = [p for p in params if p is not None]
+    return bool(given) and all(isinstance(p, np.ndarray) and p.dtype == dtype for p in given)
+
+
 def _inverse(permutation):
     return tuple(int(i) for i in np.argsort(permutation))
 
@@ -194,8 +203,9 @@ def _forward(mode, x, axis, weight, bias, eps, out, return_stats, residual=None,
     ra = None if residual is None else _as_companion(residual, "residual", dtype, xa.shape)
     axes = normalize_axes(axis, xa.ndim)
     pshape = param_shape(xa.shape, axes)
-    w = as_parameter(weight, "weight", pshape, stat_dtype)
-    b = as_parameter(bias, "bias", pshape, stat_dtype)
+    storage = _params_in_storage_type(dtype, weight, bias)
+    w = as_parameter(weight, "weight", pshape, dtype if storage else stat_dtype)
+    b = as_parameter(bias, "bias", pshape, dtype if storage else stat_dtype)
     eps = _default_rms_eps(dtype) if eps is None and mode == _RMS_NORM else check_eps(eps)
     check_output(out, "out", xa.shape, dtype)
     check_output(sum_out, "sum_out", xa.shape, dtype)
@@ -217,7 +227,7 @@ def _forward(mode, x, axis, weight, bias, eps, out, return_stats, residual=None,
         yk = _empty_like(xk)
         sk = None if ra is None else _empty_like(xk)
         _kernels.forward(KERNEL_CODES[dtype], mode, plan.layout, xk, rk, sk, yk, w, b, mean, rstd,
-                         eps, get_num_threads())
+                         eps, get_num_threads(), storage)
         inverse = _inverse(plan.permutation)
         y = _into(_contiguous(yk.transpose(inverse)), out)
         s = None if ra is None else _into(_contiguous(sk.transpose(inverse)), sum_out)
@@ -227,7 +237,7 @@ def _forward(mode, x, axis, weight, bias, eps, out, return_stats, residual=None,
         if ra is not None:
             sk = sum_out if sum_out is not None and writable_in_place(sum_out, inputs) else _empty_like(xa)
         _kernels.forward(KERNEL_CODES[dtype], mode, plan.layout, xa, ra, sk, yk, w, b, mean, rstd,
-                         eps, get_num_threads())
+                         eps, get_num_threads(), storage)
         y = _into(yk, out)
         s = None if ra is None else _into(sk, sum_out)
 
@@ -258,7 +268,8 @@ def _backward(mode, dy, x, mean, rstd, axis, weight):
     pshape, sshape = param_shape(xa.shape, axes), keepdims_shape(xa.shape, axes)
     m = _as_statistic(mean, "mean", sshape, stat_dtype) if mode == _LAYER_NORM else None
     r = _as_statistic(rstd, "rstd" if mode == _LAYER_NORM else "rrms", sshape, stat_dtype)
-    w = as_parameter(weight, "weight", pshape, stat_dtype)
+    storage = _params_in_storage_type(dtype, weight)
+    w = as_parameter(weight, "weight", pshape, dtype if storage else stat_dtype)
     param_dtype = stat_dtype
     if weight is not None:
         wdt = np.asarray(weight).dtype
@@ -276,12 +287,12 @@ def _backward(mode, dy, x, mean, rstd, axis, weight):
         dyk = _contiguous(dya.transpose(plan.permutation))
         dxk = _empty_like(xk)
         _kernels.backward(KERNEL_CODES[dtype], mode, plan.layout, dyk, xk, m, r, w, dxk, dweight, dbias,
-                          get_num_threads())
+                          get_num_threads(), storage)
         dx = _contiguous(dxk.transpose(_inverse(plan.permutation)))
     else:
         dx = _empty_like(xa)
         _kernels.backward(KERNEL_CODES[dtype], mode, plan.layout, dya, xa, m, r, w, dx, dweight, dbias,
-                          get_num_threads())
+                          get_num_threads(), storage)
     dweight = dweight.astype(param_dtype, copy=False)
     if dbias is None:
         return dx, dweight
