@@ -75,22 +75,26 @@ def _exact_array(array, dtype, shape):
 
 
 def _fast_forward(mode, x, axis, weight, bias, eps, out, return_stats, residual=None, sum_out=None):
-    """The common small call, checked cheaply: a C-contiguous float32/float64
-    array over trailing axes (axis an int or a tuple), weight/bias None or
+    """The common small call, checked cheaply: a C-contiguous array of a
+    kernel dtype over trailing axes (axis an int or a tuple), weight/bias None or
     C-contiguous arrays of x's dtype, out None, x itself, or a C-contiguous
     writeable array that overlaps no input.  With a residual (the fused add):
     a residual of x's dtype and shape, out None, sum_out None or the residual
     itself.  Returns None when the general path must run."""
     if type(x) is not np.ndarray or type(eps) is not float or not 0.0 <= eps < math.inf:
         return None
-    code = _FAST_CODES.get(x.dtype)
+    code = KERNEL_CODES.get(x.dtype)
     if code is None or not x.flags.c_contiguous or x.ndim == 0 or x.size == 0:
         return None
     start = _trailing_start(axis, x.ndim)
     if start < 0:
         return None
     pshape = x.shape[start:]
-    if not (_exact_array(weight, x.dtype, pshape) and _exact_array(bias, x.dtype, pshape)):
+    stat_dtype = compute_dtype(x.dtype)
+    # half precision: weights in x's dtype are read natively, float32 ones as they are
+    storage = stat_dtype != x.dtype and _params_in_storage_type(x.dtype, weight, bias)
+    param_dtype = x.dtype if storage else stat_dtype
+    if not (_exact_array(weight, param_dtype, pshape) and _exact_array(bias, param_dtype, pshape)):
         return None
     s = None
     if residual is not None:
@@ -112,11 +116,11 @@ def _fast_forward(mode, x, axis, weight, bias, eps, out, return_stats, residual=
     mean = rstd = None
     if return_stats:
         sshape = x.shape[:start] + (1,) * len(pshape)
-        rstd = np.empty(sshape, x.dtype)
+        rstd = np.empty(sshape, stat_dtype)
         if mode == _LAYER_NORM:
-            mean = np.empty(sshape, x.dtype)
+            mean = np.empty(sshape, stat_dtype)
     _kernels.forward(code, mode, (x.size // n, n, 1), x, residual, s, y, weight, bias,
-                     mean, rstd, eps, get_num_threads())
+                     mean, rstd, eps, get_num_threads(), storage)
     if residual is not None:
         return y, s
     if not return_stats:
