@@ -105,18 +105,17 @@ static inline void dx_span(const E *x, const E *dy, E *dx, const void *weight, i
 
 typedef struct { C mean, rstd, mean_g, mean_gx; } row_coefficients;
 
+static inline C row_mean(const ln_backward_args *a, int64_t r)
+{
+    return a->mode == LN_MODE_RMS_NORM ? (C)0 : ((const C *)a->mean)[r];
+}
+
 static inline row_coefficients coefficients(const ln_backward_args *a, int64_t r, row_sums s)
 {
     const int64_t cols = a->layout.reduce;
     const int rms = a->mode == LN_MODE_RMS_NORM;
-    return (row_coefficients){
-        rms ? (C)0 : ((const C *)a->mean)[r], ((const C *)a->rstd)[r],
-        rms ? (C)0 : (C)(s.sum_g / (double)cols), (C)(s.sum_g_xhat / (double)cols)};
-}
-
-static inline C row_mean(const ln_backward_args *a, int64_t r)
-{
-    return a->mode == LN_MODE_RMS_NORM ? (C)0 : ((const C *)a->mean)[r];
+    return (row_coefficients){row_mean(a, r), ((const C *)a->rstd)[r],
+                              rms ? (C)0 : (C)(s.sum_g / (double)cols), (C)(s.sum_g_xhat / (double)cols)};
 }
 
 /* dx for a group of rows (at most LN_GROUP, coefficients in c), column

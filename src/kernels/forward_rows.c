@@ -14,22 +14,6 @@
 
 typedef struct { C hi, lo, scale; } row_transform;
 
-/* Turn merged moments into the normalize-pass constants and the outputs. */
-static inline row_transform finish_layer_norm(ln_moments m, C shift, double eps, C *mean_out, C *rstd_out)
-{
-    const double rstd = 1.0 / sqrt(m.m2 * (1.0 / m.n) + eps);
-    if (mean_out) *mean_out = (C)((double)shift + m.mean);
-    if (rstd_out) *rstd_out = (C)rstd;
-    return (row_transform){shift, (C)m.mean, (C)rstd};
-}
-
-static inline row_transform finish_rms_norm(double sum_squares, int64_t n, double eps, C *rrms_out)
-{
-    const double rrms = 1.0 / sqrt(sum_squares * (1.0 / (double)n) + eps);
-    if (rrms_out) *rrms_out = (C)rrms;
-    return (row_transform){0, 0, (C)rrms};
-}
-
 /* The source of row r's statistics: x, or the stored sum x + residual. */
 static inline const E *row_source(const ln_forward_args *a, int64_t offset)
 {
@@ -44,60 +28,92 @@ static inline C row_shift(const ln_forward_args *a, int64_t offset)
     return a->residual ? rounded_sum(x, (const E *)a->residual + offset) : LOAD1(x);
 }
 
-/* Rows handled together: their moments first, then one vectorizable finish
- * (divides and square roots of the group at once), then the normalize pass
- * of each row, still in cache.  Each row's arithmetic is its own. */
+/* One block's statistics: Welford moments of the shifted data (layer norm),
+ * or the sum of squares in m2 (RMS norm). */
+static inline ln_moments block_statistics(const E *src, int64_t len, C shift, const C *recip, int rms)
+{
+    if (rms) return (ln_moments){(double)len, 0, block_sum_squares(src, len)};
+    return block_welford(src, len, shift, recip);
+}
+
+/* Blocks merge in block order: Chan's formula, or a plain sum for RMS. */
+static inline void merge_statistics(ln_moments *acc, ln_moments part, int rms)
+{
+    if (rms) {
+        acc->n += part.n;
+        acc->m2 += part.m2;
+    } else {
+        chan_merge(acc, part);
+    }
+}
+
+/* The most rows finished together: a row group, or every row of the split path. */
+#define LN_MAX_FINISHED_ROWS LN_SPLIT_BELOW_ROWS
+
+/* rstd (1/rms for RMS) of rows first..first+count-1 from their merged
+ * statistics, their mean/rstd outputs and normalize-pass constants.  The
+ * divides and square roots of all rows come first, off the rows' paths. */
+static void finish_rows(const ln_forward_args *a, int64_t first, int64_t count, const C *shift,
+                        const ln_moments *stats, row_transform *t)
+{
+    const int rms = a->mode == LN_MODE_RMS_NORM;
+    const double inv_n = 1.0 / (double)a->layout.reduce;
+    double rstd[LN_MAX_FINISHED_ROWS];
+    for (int64_t g = 0; g < count; g++) rstd[g] = 1.0 / sqrt(stats[g].m2 * inv_n + a->eps);
+    for (int64_t g = 0; g < count; g++) {
+        const int64_t r = first + g;
+        t[g] = (row_transform){shift[g], rms ? (C)0 : (C)stats[g].mean, (C)rstd[g]};
+        if (a->rstd) ((C *)a->rstd)[r] = (C)rstd[g];
+        if (a->mean && !rms) ((C *)a->mean)[r] = (C)((double)shift[g] + stats[g].mean);
+    }
+}
+
+/* Rows handled together: their moments first, then one finish for all, then
+ * the normalize pass of each row, still in cache.  Each row's arithmetic is
+ * its own. */
 #define LN_ROW_GROUP 8
+_Static_assert(LN_ROW_GROUP <= LN_MAX_FINISHED_ROWS, "a row group must fit finish_rows' buffers");
 
 static void forward_row_group(const ln_forward_args *a, int64_t first, int64_t count, const C *recip)
 {
     const int64_t cols = a->layout.reduce;
     const int rms = a->mode == LN_MODE_RMS_NORM;
-    const double inv_n = 1.0 / (double)cols;
-    C shift[LN_ROW_GROUP];
-    double mean[LN_ROW_GROUP], m2[LN_ROW_GROUP], rstd[LN_ROW_GROUP];
+    C shift[LN_ROW_GROUP] = {0};
+    ln_moments stats[LN_ROW_GROUP] = {{0, 0, 0}};
+    row_transform t[LN_ROW_GROUP];
     for (int64_t g = 0; g < count; g++) {
         const int64_t offset = (first + g) * cols;
         shift[g] = rms ? 0 : row_shift(a, offset);
         if (a->residual)
             add_span((const E *)a->x + offset, (const E *)a->residual + offset, (E *)a->sum_out + offset, cols);
         const E *src = row_source(a, offset);
-        if (rms) {
-            double sum_squares = 0;
-            for (int64_t start = 0; start < cols; start += LN_BLOCK)
-                sum_squares += block_sum_squares(src + start, cols - start < LN_BLOCK ? cols - start : LN_BLOCK);
-            mean[g] = 0;
-            m2[g] = sum_squares;
-        } else {
-            ln_moments m = {0, 0, 0};
-            for (int64_t start = 0; start < cols; start += LN_BLOCK)
-                chan_merge(&m, block_welford(src + start, cols - start < LN_BLOCK ? cols - start : LN_BLOCK,
-                                             shift[g], recip));
-            mean[g] = m.mean;
-            m2[g] = m.m2;
-        }
+        stats[g] = (ln_moments){0, 0, 0};
+        for (int64_t start = 0; start < cols; start += LN_BLOCK)
+            merge_statistics(&stats[g], block_statistics(src + start, cols - start < LN_BLOCK ? cols - start : LN_BLOCK,
+                                                         shift[g], recip, rms), rms);
     }
-    for (int64_t g = 0; g < count; g++) rstd[g] = 1.0 / sqrt(m2[g] * inv_n + a->eps);
+    finish_rows(a, first, count, shift, stats, t);
     for (int64_t g = 0; g < count; g++) {
-        const int64_t r = first + g, offset = r * cols;
-        if (a->rstd) ((C *)a->rstd)[r] = (C)rstd[g];
-        if (a->mean && !rms) ((C *)a->mean)[r] = (C)((double)shift[g] + mean[g]);
-        normalize_span(row_source(a, offset), (E *)a->y + offset, cols, shift[g], (C)mean[g], (C)rstd[g],
+        const int64_t offset = (first + g) * cols;
+        normalize_span(row_source(a, offset), (E *)a->y + offset, cols, t[g].hi, t[g].lo, t[g].scale,
                        a->weight, a->bias, a->params_in_storage_type);
     }
 }
 
-/* A few long rows: blocks of every row are spread over the threads. */
+/* A few long rows (fewer than LN_SPLIT_BELOW_ROWS): blocks of every row are
+ * spread over the threads. */
 static int forward_split_rows(const ln_forward_args *a, const C *recip)
 {
     const int64_t rows = a->layout.outer, cols = a->layout.reduce;
     const int64_t blocks_per_row = (cols + LN_BLOCK - 1) / LN_BLOCK;
     const int64_t items = rows * blocks_per_row;
     ln_moments *partial = malloc((size_t)items * sizeof *partial);
-    row_transform *transform = malloc((size_t)rows * sizeof *transform);
-    if (!partial || !transform) { free(partial); free(transform); return LN_ERROR_NO_MEMORY; }
+    if (!partial) return LN_ERROR_NO_MEMORY;
     const int rms = a->mode == LN_MODE_RMS_NORM;
-    for (int64_t r = 0; r < rows; r++) transform[r].hi = rms ? 0 : row_shift(a, r * cols);
+    C shift[LN_MAX_FINISHED_ROWS];
+    ln_moments stats[LN_MAX_FINISHED_ROWS];
+    row_transform transform[LN_MAX_FINISHED_ROWS];
+    for (int64_t r = 0; r < rows; r++) shift[r] = rms ? 0 : row_shift(a, r * cols);
 
     #pragma omp parallel num_threads(a->num_threads) if (ln_parallel_if(rows * cols, a->num_threads))
     {
@@ -108,26 +124,16 @@ static int forward_split_rows(const ln_forward_args *a, const C *recip)
             const int64_t offset = r * cols + start;
             if (a->residual)
                 add_span((const E *)a->x + offset, (const E *)a->residual + offset, (E *)a->sum_out + offset, len);
-            const E *src = row_source(a, offset);
-            if (rms)
-                partial[item] = (ln_moments){(double)len, block_sum_squares(src, len), 0};
-            else
-                partial[item] = block_welford(src, len, transform[r].hi, recip);
+            partial[item] = block_statistics(row_source(a, offset), len, shift[r], recip, rms);
         }
         #pragma omp single
-        for (int64_t r = 0; r < rows; r++) {
-            C *mean_out = a->mean ? (C *)a->mean + r : NULL;
-            C *rstd_out = a->rstd ? (C *)a->rstd + r : NULL;
-            const ln_moments *p = partial + r * blocks_per_row;
-            if (rms) {
-                double sum_squares = 0;
-                for (int64_t b = 0; b < blocks_per_row; b++) sum_squares += p[b].mean;
-                transform[r] = finish_rms_norm(sum_squares, cols, a->eps, rstd_out);
-            } else {
-                ln_moments m = {0, 0, 0};
-                for (int64_t b = 0; b < blocks_per_row; b++) chan_merge(&m, p[b]);
-                transform[r] = finish_layer_norm(m, transform[r].hi, a->eps, mean_out, rstd_out);
+        {
+            for (int64_t r = 0; r < rows; r++) {
+                stats[r] = (ln_moments){0, 0, 0};
+                for (int64_t b = 0; b < blocks_per_row; b++)
+                    merge_statistics(&stats[r], partial[r * blocks_per_row + b], rms);
             }
+            finish_rows(a, 0, rows, shift, stats, transform);
         }
         #pragma omp for schedule(static)
         for (int64_t item = 0; item < items; item++) {
@@ -140,7 +146,6 @@ static int forward_split_rows(const ln_forward_args *a, const C *recip)
         }
     }
     free(partial);
-    free(transform);
     return LN_OK;
 }
 
