@@ -8,7 +8,7 @@ import numbers
 
 import numpy as np
 
-from ._dtypes import kernel_dtype, compute_dtype, is_real_floating_or_integer
+from ._dtypes import kernel_dtype, is_real_floating_or_integer
 
 
 def as_input(x, name, dtype=None):
@@ -78,6 +78,3 @@ def writable_in_place(out, inputs):
             return False
     return True
 
-
-def statistics_dtype(dtype):
-    return compute_dtype(dtype)

@@ -74,6 +74,16 @@ def _exact_array(array, dtype, shape):
                              and array.flags.c_contiguous)
 
 
+def _forward_result(mode, y, s, mean, rstd, fused_add, return_stats):
+    """What the forward functions return: (y, s) for the fused add, else y,
+    or with statistics (y, mean, rstd) / (y, rrms)."""
+    if fused_add:
+        return y, s
+    if not return_stats:
+        return y
+    return (y, mean, rstd) if mode == _LAYER_NORM else (y, rstd)
+
+
 def _fast_forward(mode, x, axis, weight, bias, eps, out, return_stats, residual=None, sum_out=None):
     """The common small call, checked cheaply: a C-contiguous array of a
     kernel dtype over trailing axes (axis an int or a tuple), weight/bias None or
@@ -121,11 +131,7 @@ def _fast_forward(mode, x, axis, weight, bias, eps, out, return_stats, residual=
             mean = np.empty(sshape, stat_dtype)
     _kernels.forward(code, mode, (x.size // n, n, 1), x, residual, s, y, weight, bias,
                      mean, rstd, eps, get_num_threads(), storage)
-    if residual is not None:
-        return y, s
-    if not return_stats:
-        return y
-    return (y, mean, rstd) if mode == _LAYER_NORM else (y, rstd)
+    return _forward_result(mode, y, s, mean, rstd, residual is not None, return_stats)
 
 
 def _fast_backward(mode, dy, x, mean, rstd, axis, weight):
@@ -235,7 +241,7 @@ def _forward(mode, x, axis, weight, bias, eps, out, return_stats, residual=None,
     inputs = (xa, ra, w, b)
 
     if xa.size == 0:
-        y, s = _empty_forward(xa, ra, out, sum_out, mean, rstd, plan)
+        y, s = _empty_forward(xa, ra, out, sum_out, mean, rstd)
     elif plan.kind == "transpose":
         xk = _contiguous(xa.transpose(plan.permutation))
         rk = None if ra is None else _contiguous(ra.transpose(plan.permutation))
@@ -256,14 +262,10 @@ def _forward(mode, x, axis, weight, bias, eps, out, return_stats, residual=None,
         y = _into(yk, out)
         s = None if ra is None else _into(sk, sum_out)
 
-    if residual is not None:
-        return y, s
-    if not return_stats:
-        return y
-    return (y, mean, rstd) if mode == _LAYER_NORM else (y, rstd)
+    return _forward_result(mode, y, s, mean, rstd, residual is not None, return_stats)
 
 
-def _empty_forward(xa, ra, out, sum_out, mean, rstd, plan):
+def _empty_forward(xa, ra, out, sum_out, mean, rstd):
     """Empty input: empty outputs; statistics of empty rows are NaN, as numpy.mean's."""
     for stat in (mean, rstd):
         if stat is not None:
