@@ -16,6 +16,7 @@ from conftest import (ALL_DTYPES, DEFAULT_SIMD, FLOAT32, FLOAT64, SIMD_LEVELS, a
 PATH_CASES = [
     pytest.param((300, 1000), -1, id="many-rows"),
     pytest.param((3, 100000), -1, id="few-long-rows"),
+    pytest.param((20, 20001), -1, id="long-rows-in-groups"),
     pytest.param((1, 1 << 20), -1, id="one-long-row"),
     pytest.param((8, 16, 33, 35), 1, id="strided"),
     pytest.param((1, 3, 1 << 18), 1, id="strided-wide"),

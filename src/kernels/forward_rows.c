@@ -72,6 +72,10 @@ static void finish_rows(const ln_forward_args *a, int64_t first, int64_t count, 
  * the normalize pass of each row, still in cache.  Each row's arithmetic is
  * its own. */
 #define LN_ROW_GROUP 8
+/* ... fewer for long rows: a group's rows are read twice, so they should
+ * still be in L2 for the second read (measured on (64, 262144) float32, 2
+ * threads: 1-row groups take 0.86x to 0.92x the time of 8-row groups). */
+#define LN_ROW_GROUP_ELEMENTS 32768
 _Static_assert(LN_ROW_GROUP <= LN_MAX_FINISHED_ROWS, "a row group must fit finish_rows' buffers");
 
 static void forward_row_group(const ln_forward_args *a, int64_t first, int64_t count, const C *recip)
@@ -158,9 +162,10 @@ int FN(forward_rows)(const ln_forward_args *a)
     fill_reciprocals(recip, cols);
     if (rows < LN_SPLIT_BELOW_ROWS && cols > LN_BLOCK && rows * cols >= LN_PARALLEL_MIN_ELEMENTS)
         return forward_split_rows(a, recip);
-    const int64_t groups = (rows + LN_ROW_GROUP - 1) / LN_ROW_GROUP;
-#define LN_GROUP_AT(g) forward_row_group(a, (g) * LN_ROW_GROUP, \
-                                         rows - (g) * LN_ROW_GROUP < LN_ROW_GROUP ? rows - (g) * LN_ROW_GROUP : LN_ROW_GROUP, recip)
+    int64_t group = LN_ROW_GROUP_ELEMENTS / cols;
+    group = group < 1 ? 1 : group > LN_ROW_GROUP ? LN_ROW_GROUP : group;
+    const int64_t groups = (rows + group - 1) / group;
+#define LN_GROUP_AT(g) forward_row_group(a, (g) * group, rows - (g) * group < group ? rows - (g) * group : group, recip)
     if (!ln_parallel_if(rows * cols, a->num_threads)) {
         /* small call: no OpenMP region at all, its start-up costs microseconds */
         for (int64_t g = 0; g < groups; g++) LN_GROUP_AT(g);
