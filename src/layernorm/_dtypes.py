@@ -27,6 +27,7 @@ BFLOAT16 = _bfloat16_dtype()
 KERNEL_CODES = {FLOAT32: _kernels.FLOAT32, FLOAT64: _kernels.FLOAT64, FLOAT16: _kernels.FLOAT16}
 if BFLOAT16 is not None:
     KERNEL_CODES[BFLOAT16] = _kernels.BFLOAT16
+    _kernels.set_bfloat16_dtype(BFLOAT16)
 
 
 def kernel_dtype(dtype, name):

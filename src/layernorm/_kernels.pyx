@@ -4,6 +4,7 @@ The Python layer (functional.py) validates everything and allocates every
 output; these functions only take the raw pointers, release the GIL around
 the C call and turn a non-zero status into an exception.
 """
+import numpy as np
 cimport numpy as cnp
 
 cnp.import_array()
@@ -113,3 +114,6 @@ def openmp_max_threads():
 
 def openmp_set_threads(int n):
     check(ln_openmp_set_threads(n), "set_num_threads")
+
+
+include "_fast_path.pxi"

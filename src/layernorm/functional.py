@@ -3,11 +3,11 @@ backward, with the fused residual add.
 
 Each function validates every argument first (nothing is written before
 that), maps the axes onto the kernels' layout (see ``_axes``) and calls one
-C kernel with the GIL released.  float16/bfloat16 are computed in float32;
-statistics are float32, or float64 for float64 input.
+C kernel with the GIL released.  The common call (contiguous, trailing
+axes, arguments already of the kernel's dtypes) is checked and run in C
+first, by ``_kernels.fast_forward``/``fast_backward``.  float16/bfloat16 are
+computed in float32; statistics are float32, or float64 for float64 input.
 """
-import math
-
 import numpy as np
 
 from . import _kernels, _buffer_pool
@@ -21,7 +21,6 @@ __all__ = ["layer_norm", "layer_norm_backward", "rms_norm", "rms_norm_backward",
            "add_layer_norm", "add_rms_norm"]
 
 _LAYER_NORM, _RMS_NORM = _kernels.LAYER_NORM, _kernels.RMS_NORM
-_FAST_CODES = {FLOAT32: _kernels.FLOAT32, FLOAT64: _kernels.FLOAT64}
 
 
 _POOLED_BYTES = _buffer_pool.MIN_POOLED_BYTES
@@ -46,34 +45,6 @@ def _default_rms_eps(dtype):
     return float(np.finfo(FLOAT64 if dtype == FLOAT64 else FLOAT32).eps)
 
 
-_trailing_starts = {}   # (axis, ndim) -> first axis of a trailing axis set, or -1
-
-
-def _trailing_start(axis, ndim):
-    """First normalized axis if `axis` (an int or a tuple) names trailing
-    axes of an ndim array, else -1."""
-    kind = type(axis)
-    if kind is not int and kind is not tuple:
-        return -1
-    key = (axis, ndim)
-    start = _trailing_starts.get(key)
-    if start is None:
-        try:
-            axes = normalize_axes(axis, ndim)
-            start = axes[0] if axes == tuple(range(axes[0], ndim)) else -1
-        except (TypeError, ValueError):
-            return -1   # the general path raises the error
-        if len(_trailing_starts) < 4096:
-            _trailing_starts[key] = start
-    return start
-
-
-def _exact_array(array, dtype, shape):
-    """None, or a C-contiguous ndarray of exactly `dtype` and `shape`."""
-    return array is None or (type(array) is np.ndarray and array.dtype == dtype and array.shape == shape
-                             and array.flags.c_contiguous)
-
-
 def _forward_result(mode, y, s, mean, rstd, fused_add, return_stats):
     """What the forward functions return: (y, s) for the fused add, else y,
     or with statistics (y, mean, rstd) / (y, rrms)."""
@@ -82,84 +53,6 @@ def _forward_result(mode, y, s, mean, rstd, fused_add, return_stats):
     if not return_stats:
         return y
     return (y, mean, rstd) if mode == _LAYER_NORM else (y, rstd)
-
-
-def _fast_forward(mode, x, axis, weight, bias, eps, out, return_stats, residual=None, sum_out=None):
-    """The common small call, checked cheaply: a C-contiguous array of a
-    kernel dtype over trailing axes (axis an int or a tuple), weight/bias None or
-    C-contiguous arrays of x's dtype, out None, x itself, or a C-contiguous
-    writeable array that overlaps no input.  With a residual (the fused add):
-    a residual of x's dtype and shape, out None, sum_out None or the residual
-    itself.  Returns None when the general path must run."""
-    if type(x) is not np.ndarray or type(eps) is not float or not 0.0 <= eps < math.inf:
-        return None
-    code = KERNEL_CODES.get(x.dtype)
-    if code is None or not x.flags.c_contiguous or x.ndim == 0 or x.size == 0:
-        return None
-    start = _trailing_start(axis, x.ndim)
-    if start < 0:
-        return None
-    pshape = x.shape[start:]
-    stat_dtype = compute_dtype(x.dtype)
-    # half precision: weights in x's dtype are read natively, float32 ones as they are
-    storage = stat_dtype != x.dtype and _params_in_storage_type(x.dtype, x.size, weight, bias)
-    param_dtype = x.dtype if storage else stat_dtype
-    if not (_exact_array(weight, param_dtype, pshape) and _exact_array(bias, param_dtype, pshape)):
-        return None
-    s = None
-    if residual is not None:
-        if (out is not None or not _exact_array(residual, x.dtype, x.shape)
-                or not (sum_out is None or (sum_out is residual and residual.flags.writeable))):
-            return None
-        s = _empty_like(x) if sum_out is None else sum_out
-    if out is None:
-        y = _empty_like(x)
-    elif out is x and x.flags.writeable:
-        y = out
-    elif (type(out) is np.ndarray and out.dtype == x.dtype and out.shape == x.shape
-          and out.flags.c_contiguous and out.flags.writeable
-          and not any(p is not None and np.may_share_memory(out, p) for p in (x, weight, bias))):
-        y = out
-    else:
-        return None
-    n = math.prod(pshape)
-    mean = rstd = None
-    if return_stats:
-        sshape = x.shape[:start] + (1,) * len(pshape)
-        rstd = np.empty(sshape, stat_dtype)
-        if mode == _LAYER_NORM:
-            mean = np.empty(sshape, stat_dtype)
-    _kernels.forward(code, mode, (x.size // n, n, 1), x, residual, s, y, weight, bias,
-                     mean, rstd, eps, get_num_threads(), storage)
-    return _forward_result(mode, y, s, mean, rstd, residual is not None, return_stats)
-
-
-def _fast_backward(mode, dy, x, mean, rstd, axis, weight):
-    """The common small backward call, checked cheaply: C-contiguous
-    float32/float64 dy and x of one dtype and shape over trailing axes,
-    statistics and weight of the exact shapes and dtype.  Returns None when
-    the general path must run."""
-    if type(x) is not np.ndarray or type(dy) is not np.ndarray:
-        return None
-    code = _FAST_CODES.get(x.dtype)
-    if (code is None or x.ndim == 0 or x.size == 0 or not x.flags.c_contiguous
-            or not _exact_array(dy, x.dtype, x.shape)):
-        return None
-    start = _trailing_start(axis, x.ndim)
-    if start < 0:
-        return None
-    pshape = x.shape[start:]
-    sshape = x.shape[:start] + (1,) * len(pshape)
-    if not (_exact_array(mean, x.dtype, sshape) and _exact_array(rstd, x.dtype, sshape)
-            and _exact_array(weight, x.dtype, pshape)):
-        return None
-    n = math.prod(pshape)
-    dx = _empty_like(x)
-    dweight = np.empty(pshape, x.dtype)
-    dbias = np.empty(pshape, x.dtype) if mode == _LAYER_NORM else None
-    _kernels.backward(code, mode, (x.size // n, n, 1), dy, x, mean, rstd, weight, dx, dweight, dbias,
-                      get_num_threads())
-    return (dx, dweight, dbias) if mode == _LAYER_NORM else (dx, dweight)
 
 
 def _as_companion(array, name, dtype, shape, reference="x"):
@@ -181,24 +74,17 @@ def _as_statistic(stat, name, shape, dtype):
     return np.ascontiguousarray(array, dtype=dtype)
 
 
-# Below this many elements a call counts as small (the kernels' own
-# single-thread threshold, LN_PARALLEL_MIN_ELEMENTS).
-_SMALL_CALL_ELEMENTS = 32768
-
-
 def _params_in_storage_type(dtype, size, *params):
     """Read half-precision weight/bias natively (in x's dtype) instead of a
     float32 copy?  Native reads convert every entry each time a row uses it;
     a copy converts once per call.  Native wins when each entry serves few
-    rows (x at most 4x the weight's size) or when the call is small (the
-    copy's own overhead dominates); with many rows the copy wins (measured:
-    (4096, 768) float16 ran at 1.2x float32's throughput native, 1.9x copied)."""
-    if dtype in _FAST_CODES:
+    rows or when the call is small (see _kernels.native_half_params_pay)."""
+    if compute_dtype(dtype) == dtype:
         return False
     given = [p for p in params if p is not None]
     if not given or not all(isinstance(p, np.ndarray) and p.dtype == dtype for p in given):
         return False
-    return size <= 4 * given[0].size or size < _SMALL_CALL_ELEMENTS
+    return _kernels.native_half_params_pay(size, given[0].size)
 
 
 def _inverse(permutation):
@@ -340,7 +226,7 @@ def layer_norm(x, axis=-1, weight=None, bias=None, eps=1e-5, *, out=None, return
     -------
     y, or (y, mean, rstd)
     """
-    y = _fast_forward(_LAYER_NORM, x, axis, weight, bias, eps, out, return_stats)
+    y = _kernels.fast_forward(_LAYER_NORM, x, axis, weight, bias, eps, out, return_stats)
     if y is not None:
         return y
     return _forward(_LAYER_NORM, x, axis, weight, bias, eps, out, return_stats)
@@ -355,7 +241,7 @@ def rms_norm(x, axis=-1, weight=None, eps=None, *, out=None, return_stats=False)
     set to 1.  Other arguments as in :func:`layer_norm`.
     """
     if eps is not None:
-        y = _fast_forward(_RMS_NORM, x, axis, weight, None, eps, out, return_stats)
+        y = _kernels.fast_forward(_RMS_NORM, x, axis, weight, None, eps, out, return_stats)
         if y is not None:
             return y
     return _forward(_RMS_NORM, x, axis, weight, None, eps, out, return_stats)
@@ -368,7 +254,7 @@ def add_layer_norm(x, residual, axis=-1, weight=None, bias=None, eps=1e-5, *, ou
     place.  `residual` must have x's shape and dtype.  Returns ``(y, s)``.
     """
     _require_residual(residual)
-    result = _fast_forward(_LAYER_NORM, x, axis, weight, bias, eps, out, False, residual, sum_out)
+    result = _kernels.fast_forward(_LAYER_NORM, x, axis, weight, bias, eps, out, False, residual, sum_out)
     if result is not None:
         return result
     return _forward(_LAYER_NORM, x, axis, weight, bias, eps, out, False, residual, sum_out)
@@ -378,7 +264,7 @@ def add_rms_norm(x, residual, axis=-1, weight=None, eps=None, *, out=None, sum_o
     """Fused residual add and RMS norm: ``s = x + residual; y = rms_norm(s)``.  Returns ``(y, s)``."""
     _require_residual(residual)
     if eps is not None:
-        result = _fast_forward(_RMS_NORM, x, axis, weight, None, eps, out, False, residual, sum_out)
+        result = _kernels.fast_forward(_RMS_NORM, x, axis, weight, None, eps, out, False, residual, sum_out)
         if result is not None:
             return result
     return _forward(_RMS_NORM, x, axis, weight, None, eps, out, False, residual, sum_out)
@@ -393,7 +279,7 @@ def layer_norm_backward(dy, x, mean, rstd, axis=-1, weight=None):
     (in weight's dtype when weight is given, else the statistics' dtype).
     """
     if mean is not None:
-        result = _fast_backward(_LAYER_NORM, dy, x, mean, rstd, axis, weight)
+        result = _kernels.fast_backward(_LAYER_NORM, dy, x, mean, rstd, axis, weight)
         if result is not None:
             return result
     return _backward(_LAYER_NORM, dy, x, mean, rstd, axis, weight)
@@ -401,7 +287,7 @@ def layer_norm_backward(dy, x, mean, rstd, axis=-1, weight=None):
 
 def rms_norm_backward(dy, x, rrms, axis=-1, weight=None):
     """Gradients of :func:`rms_norm`: returns ``(dx, dweight)``."""
-    result = _fast_backward(_RMS_NORM, dy, x, None, rrms, axis, weight)
+    result = _kernels.fast_backward(_RMS_NORM, dy, x, None, rrms, axis, weight)
     if result is not None:
         return result
     return _backward(_RMS_NORM, dy, x, None, rrms, axis, weight)

@@ -1,0 +1,138 @@
+"""The common-call path in C (_kernels.fast_forward / fast_backward).
+
+It must take exactly the calls whose arguments are already what the kernel
+reads, give the same bits as the general path, and hand everything else to
+the general path (return None) without ever raising itself.
+"""
+import numpy as np
+import pytest
+
+import layernorm as ln
+from layernorm import _kernels
+from conftest import ALL_DTYPES, FLOAT32, FLOAT64, random_array, random_params, stats_dtype
+
+LN, RMS = _kernels.LAYER_NORM, _kernels.RMS_NORM
+
+
+def general_forward(mode, *args, **kwargs):
+    """The Python path, with the fast path switched off."""
+    from layernorm import functional
+    return functional._forward(mode, *args, **kwargs)
+
+
+@pytest.mark.parametrize("dtype", ALL_DTYPES)
+@pytest.mark.parametrize("shape, axis", [((8, 16), -1), ((20, 5, 10, 10), (-3, -2, -1)),
+                                         ((20, 5, 10, 10), (3, 1, 2)), ((7,), 0), ((300, 129), 1)])
+@pytest.mark.parametrize("with_params", [False, True])
+def test_taken_and_bitwise_equal_to_the_general_path(rng, dtype, shape, axis, with_params):
+    x = random_array(rng, shape, dtype, offset=2.0)
+    axes = (axis,) if isinstance(axis, int) else axis
+    pshape = tuple(shape[a] for a in sorted(a % len(shape) for a in axes))
+    weight, bias = random_params(rng, pshape, stats_dtype(dtype)) if with_params else (None, None)
+    fast = _kernels.fast_forward(LN, x, axis, weight, bias, 1e-5, None, True)
+    assert fast is not None, "the fast path declined a common call"
+    slow = general_forward(LN, x, axis, weight, bias, 1e-5, None, True)
+    for a, b in zip(fast, slow):
+        assert a.dtype == b.dtype and a.shape == b.shape and a.tobytes() == b.tobytes()
+    fast_rms = _kernels.fast_forward(RMS, x, axis, weight, None, 1e-6, None, True)
+    slow_rms = general_forward(RMS, x, axis, weight, None, 1e-6, None, True)
+    for a, b in zip(fast_rms, slow_rms):
+        assert a.tobytes() == b.tobytes()
+
+
+@pytest.mark.parametrize("dtype", [FLOAT32, FLOAT64])
+def test_backward_taken_and_equal_to_the_general_path(rng, dtype):
+    from layernorm import functional
+    x = random_array(rng, (20, 5, 10, 10), dtype, offset=2.0)
+    dy = random_array(rng, x.shape, dtype)
+    weight = random_params(rng, (5, 10, 10), dtype)[0]
+    _, mean, rstd = ln.layer_norm(x, (1, 2, 3), weight, return_stats=True)
+    fast = _kernels.fast_backward(LN, dy, x, mean, rstd, (1, 2, 3), weight)
+    assert fast is not None
+    slow = functional._backward(LN, dy, x, mean, rstd, (1, 2, 3), weight)
+    for a, b in zip(fast, slow):
+        assert a.tobytes() == b.tobytes()
+
+
+X = np.arange(12, dtype=np.float32).reshape(3, 4)
+W = np.ones(4, np.float32)
+
+# Calls the fast path must decline (return None), never raise on.
+DECLINED = {
+    "axis too large": dict(axis=2 ** 70),
+    "axis beyond ndim": dict(axis=5),
+    "axis bool": dict(axis=True),
+    "axis numpy int": dict(axis=np.int64(-1)),
+    "axis list": dict(axis=[-1]),
+    "axis repeated": dict(axis=(1, 1)),
+    "axis tuple with huge item": dict(axis=(2 ** 70,)),
+    "axis tuple with float": dict(axis=(1.0,)),
+    "axis empty tuple": dict(axis=()),
+    "axis not trailing": dict(axis=0),
+    "eps negative": dict(eps=-1.0),
+    "eps nan": dict(eps=float("nan")),
+    "eps inf": dict(eps=float("inf")),
+    "eps int": dict(eps=0),
+    "eps numpy float": dict(eps=np.float64(1e-5)),
+    "weight wrong shape": dict(weight=np.ones(3, np.float32)),
+    "weight wrong dtype": dict(weight=np.ones(4, np.float64)),
+    "weight a list": dict(weight=[1.0] * 4),
+    "weight strided": dict(weight=np.ones(8, np.float32)[::2]),
+    "weight byte-swapped": dict(weight=np.ones(4, ">f4")),
+    "out wrong dtype": dict(out=np.empty((3, 4), np.float64)),
+    "out overlaps weight": dict(out="overlaps weight"),
+    "out read-only": dict(out="read-only"),
+    "out Fortran order": dict(out=np.empty((3, 4), np.float32, order="F")),
+    "x a list": dict(x=X.tolist()),
+    "x int": dict(x=np.arange(12).reshape(3, 4)),
+    "x Fortran order": dict(x=np.asfortranarray(X)),
+    "x byte-swapped": dict(x=X.astype(">f4")),
+    "x 0-d": dict(x=np.float32(1.0)),
+    "x empty": dict(x=np.empty((0, 4), np.float32)),
+    "x subclass": dict(x=np.ma.masked_array(X)),
+}
+
+
+@pytest.mark.parametrize("case", DECLINED, ids=list(DECLINED))
+def test_declines_without_raising(case):
+    args = dict(x=X.copy(), axis=-1, weight=W, bias=None, eps=1e-5, out=None)
+    args.update(DECLINED[case])
+    if isinstance(args["out"], str):
+        if args["out"] == "read-only":
+            args["out"] = np.empty((3, 4), np.float32)
+            args["out"].flags.writeable = False
+        else:   # out's bytes include weight's
+            shared = np.ones(12, np.float32)
+            args["weight"], args["out"] = shared[:4], shared.reshape(3, 4)
+    before = np.array(args["x"], copy=True) if not isinstance(args["x"], list) else None
+    result = _kernels.fast_forward(LN, args["x"], args["axis"], args["weight"], args["bias"],
+                                   args["eps"], args["out"], False)
+    assert result is None
+    if before is not None:
+        np.testing.assert_array_equal(args["x"], before)
+
+
+def test_declines_backward_without_raising():
+    _, mean, rstd = ln.layer_norm(X, return_stats=True)
+    for dy, m, r, axis, w in [(X, mean, rstd, 2 ** 70, None), (X, None, rstd, -1, None),
+                              (X, mean, None, -1, None), (X, mean[:2], rstd, -1, None),
+                              (X, mean, rstd, -1, np.ones(4)), (X.astype(np.float64), mean, rstd, -1, None),
+                              (X.astype(np.float16), mean, rstd, -1, None), (X.T, mean, rstd, -1, None)]:
+        assert _kernels.fast_backward(LN, dy, X, m, r, axis, w) is None
+
+
+def test_in_place_and_fused_add_forms(rng):
+    x = random_array(rng, (6, 32), FLOAT32)
+    r = random_array(rng, (6, 32), FLOAT32)
+    expected = ln.layer_norm(x + r)
+    residual = r.copy()
+    y, s = _kernels.fast_forward(LN, x, -1, None, None, 1e-5, None, False, residual, residual)
+    assert s is residual
+    np.testing.assert_array_equal(s, x + r)
+    np.testing.assert_allclose(y, expected, atol=1e-6)
+    inplace = x.copy()
+    assert _kernels.fast_forward(LN, inplace, -1, None, None, 1e-5, inplace, False) is inplace
+    np.testing.assert_array_equal(inplace, ln.layer_norm(x))
+    # out is x, but x is read-only: declined (the general path raises)
+    x.flags.writeable = False
+    assert _kernels.fast_forward(LN, x, -1, None, None, 1e-5, x, False) is None
