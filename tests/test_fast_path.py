@@ -136,3 +136,17 @@ def test_in_place_and_fused_add_forms(rng):
     # out is x, but x is read-only: declined (the general path raises)
     x.flags.writeable = False
     assert _kernels.fast_forward(LN, x, -1, None, None, 1e-5, x, False) is None
+
+
+def test_fused_add_with_given_outputs(rng):
+    x = random_array(rng, (6, 32), FLOAT32)
+    r = random_array(rng, (6, 32), FLOAT32)
+    w, b = random_params(rng, (32,), FLOAT32)
+    y, s = np.empty_like(x), np.empty_like(x)
+    result = _kernels.fast_forward(LN, x, -1, w, b, 1e-5, y, False, r, s)
+    assert result is not None and result[0] is y and result[1] is s
+    expected = general_forward(LN, x, -1, w, b, 1e-5, None, False, r, None)
+    assert y.tobytes() == expected[0].tobytes() and s.tobytes() == expected[1].tobytes()
+    # outputs that alias an input or each other go to the general path
+    for out, sum_out in [(r, None), (None, x), (y, y), (x, None)]:
+        assert _kernels.fast_forward(LN, x, -1, w, b, 1e-5, out, False, r, sum_out) is None
