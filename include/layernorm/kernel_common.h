@@ -180,6 +180,28 @@ typedef uint16_t E;
 typedef uint16_t VB16 __attribute__((vector_size(LN_VECTOR_BYTES / 2)));
 typedef uint32_t VU32 __attribute__((vector_size(LN_VECTOR_BYTES)));
 typedef int32_t VI32 __attribute__((vector_size(LN_VECTOR_BYTES)));
+#if LN_VECTOR_BYTES == 64 && defined(__AVX512BW__)
+/* The same arithmetic in intrinsics: GCC widens and narrows the generic
+ * vectors below through vpermt2w and 256-bit halves, which made bfloat16
+ * (4096, 768) no faster than float32.  (AVX512-BF16's vcvtneps2bf16 would
+ * flush subnormals, so it is not used.) */
+#include <immintrin.h>
+static inline V LOADV(const E *p)
+{
+    const __m512i wide = _mm512_cvtepu16_epi32(_mm256_loadu_si256((const __m256i *)p));
+    return (V)_mm512_castsi512_ps(_mm512_slli_epi32(wide, 16));
+}
+static inline void STOREV(E *p, V v)
+{
+    const __m512i bits = _mm512_castps_si512((__m512)v);
+    const __m512i lsb = _mm512_and_si512(_mm512_srli_epi32(bits, 16), _mm512_set1_epi32(1));
+    const __m512i rounded = _mm512_srli_epi32(_mm512_add_epi32(_mm512_add_epi32(bits, _mm512_set1_epi32(0x7FFF)), lsb), 16);
+    const __mmask16 is_nan = _mm512_cmpgt_epu32_mask(_mm512_and_si512(bits, _mm512_set1_epi32(0x7FFFFFFF)),
+                                                     _mm512_set1_epi32(0x7F800000));
+    const __m512i quiet = _mm512_or_si512(_mm512_srli_epi32(bits, 16), _mm512_set1_epi32(0x0040));
+    _mm256_storeu_si256((__m256i *)p, _mm512_cvtepi32_epi16(_mm512_mask_mov_epi32(rounded, is_nan, quiet)));
+}
+#else
 static inline V LOADV(const E *p)
 {
     VB16 h; memcpy(&h, p, sizeof h);
@@ -196,6 +218,7 @@ static inline void STOREV(E *p, V v)
     VB16 h = __builtin_convertvector(out, VB16);
     memcpy(p, &h, sizeof h);
 }
+#endif
 static inline C LOAD1(const E *p) { uint32_t w = (uint32_t)*p << 16; C c; memcpy(&c, &w, sizeof c); return c; }
 static inline void STORE1(E *p, C c)
 {
