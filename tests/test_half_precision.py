@@ -163,3 +163,23 @@ def test_half_weights_read_natively_give_the_bits_of_float32_copies(simd, dtype,
     r, s = ln.add_rms_norm(x, x, axis, w, eps=1e-6)
     r32, s32 = ln.add_rms_norm(x, x, axis, w32, eps=1e-6)
     assert np.array_equal(r.view(np.uint16), r32.view(np.uint16))
+
+
+def test_conversions_exact_for_every_half_value(simd, rng, dtype):
+    """Every half bit pattern (zeros, subnormals, Inf, NaN) widens and narrows
+    exactly: the fused add's stored sum x + r equals NumPy's bit for bit, with
+    r = 0 (the value itself) and with random r (rounding, ties, overflow).
+    Row lengths of 256 and 255 take the vector and the scalar conversions."""
+    every = np.arange(1 << 16, dtype=np.uint16).view(dtype)
+    for cols in (256, 255):
+        x = every[: (len(every) // cols) * cols].reshape(-1, cols)
+        for r in (np.zeros_like(x), (rng.standard_normal(x.shape) * 4.0).astype(dtype),
+                  x[::-1].copy()):
+            with np.errstate(all="ignore"):
+                _, s = ln.add_layer_norm(x, r)
+                expected = (x.astype(np.float32) + r.astype(np.float32)).astype(dtype)
+            nan = np.isnan(expected.astype(np.float32))
+            assert np.array_equal(np.isnan(s.astype(np.float32)), nan)
+            assert np.array_equal(s.view(np.uint16)[~nan], expected.view(np.uint16)[~nan])
+            quiet_bit = 0x0200 if dtype == np.float16 else 0x0040
+            assert np.all(s.view(np.uint16)[nan] & quiet_bit), "NaNs must come out quiet"
