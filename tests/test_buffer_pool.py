@@ -57,3 +57,11 @@ def test_environment_turns_the_pool_off():
         "y = ln.layer_norm(np.ones((512, 1024), np.float32)); del y; print(p.cached_bytes())",
         LAYERNORM_BUFFER_POOL_MB="0")
     assert out.strip() == "0"
+
+
+def test_new_blocks_start_on_a_cache_line():
+    """The kernels stream large outputs only when they are 64-byte aligned."""
+    for size in (1 << 20, (1 << 20) + 12, 3 << 20):
+        a = _buffer_pool.empty((size // 4,), np.float32)
+        assert a.ctypes.data % 64 == 0
+        del a

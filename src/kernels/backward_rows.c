@@ -78,32 +78,14 @@ static inline row_sums sum_row(const E *x, const E *dy, const void *weight, int 
     return total;
 }
 
-/* dx over a span, and dy*xhat, dy added into acc_w/acc_b (each may be NULL). */
-static inline void dx_span(const E *x, const E *dy, E *dx, const void *weight, int storage, int64_t n,
-                           C mean, C rstd, C mean_g, C mean_gx, C *acc_w, C *acc_b)
-{
-    const V vmean = vbroadcast(mean), vrstd = vbroadcast(rstd);
-    const V vmg = vbroadcast(mean_g), vmgx = vbroadcast(mean_gx);
-    int64_t i = 0;
-    for (; i + VL <= n; i += VL) {
-        const V d = LOADV(dy + i);
-        const V g = weight ? d * param_v(weight, storage, i) : d;
-        const V xhat = (LOADV(x + i) - vmean) * vrstd;
-        STOREV(dx + i, vrstd * ((g - vmg) - xhat * vmgx));
-        if (acc_w) vstore_c(acc_w + i, vload_c(acc_w + i) + d * xhat);
-        if (acc_b) vstore_c(acc_b + i, vload_c(acc_b + i) + d);
-    }
-    for (; i < n; i++) {
-        const C d = LOAD1(dy + i);
-        const C g = weight ? d * param_1(weight, storage, i) : d;
-        const C xhat = (LOAD1(x + i) - mean) * rstd;
-        STORE1(dx + i, rstd * ((g - mean_g) - xhat * mean_gx));
-        if (acc_w) acc_w[i] += d * xhat;
-        if (acc_b) acc_b[i] += d;
-    }
-}
-
 typedef struct { C mean, rstd, mean_g, mean_gx; } row_coefficients;
+
+/* Stream dx (see ln_stream_rows)?  Only when every vector of it is aligned:
+ * dx comes from the buffer pool, whose blocks are. */
+static inline int dx_streamed(const ln_backward_args *a)
+{
+    return ln_stream_rows(a->dx, a->layout.outer, a->layout.reduce) && (uintptr_t)a->dx % 64 == 0;
+}
 
 static inline C row_mean(const ln_backward_args *a, int64_t r)
 {
@@ -168,7 +150,7 @@ static inline void sink_1(const group_sink *s, int64_t i, C w, C b)
  * dy*xhat and dy sums stay in registers and reach the sink once per group
  * (sink NULL: dweight/dbias not wanted). */
 static inline __attribute__((always_inline)) void dx_group(const ln_backward_args *a, int64_t first, int64_t count, const row_coefficients *c,
-                     int64_t begin, int64_t end, const group_sink *sink)
+                     int64_t begin, int64_t end, const group_sink *sink, int stream)
 {
     const int64_t cols = a->layout.reduce;
     const void *weight = a->weight;
@@ -183,7 +165,9 @@ static inline __attribute__((always_inline)) void dx_group(const ln_backward_arg
             const int64_t at = g * cols + i;
             const V d = LOADV(dy + at);
             const V xhat = (LOADV(x + at) - vbroadcast(c[g].mean)) * vbroadcast(c[g].rstd);
-            STOREV(dx + at, vbroadcast(c[g].rstd) * ((d * w - vbroadcast(c[g].mean_g)) - xhat * vbroadcast(c[g].mean_gx)));
+            const V result = vbroadcast(c[g].rstd) * ((d * w - vbroadcast(c[g].mean_g)) - xhat * vbroadcast(c[g].mean_gx));
+            if (stream) STREAMV(dx + at, result);
+            else STOREV(dx + at, result);
             acc_w += d * xhat;
             acc_b += d;
         }
@@ -222,23 +206,28 @@ static int backward_row_blocks(const ln_backward_args *a)
     double *partial = want_params ? calloc((size_t)(2 * blocks * cols), sizeof *partial) : NULL;
     if (want_params && !partial) return LN_ERROR_NO_MEMORY;
 
-    #pragma omp parallel for schedule(static) num_threads(a->num_threads) if (ln_parallel_if(rows * cols, a->num_threads))
-    for (int64_t b = 0; b < blocks; b++) {
-        const int64_t first = b * rows_per_block;
-        const int64_t last = first + rows_per_block < rows ? first + rows_per_block : rows;
-        for (int64_t g0 = first; g0 < last; g0 += group) {
-            const int64_t count = last - g0 < group ? last - g0 : group;
-            row_coefficients c[LN_GROUP];
-            for (int64_t g = 0; g < count; g++) {
-                const int64_t r = g0 + g;
-                const E *x = (const E *)a->x + r * cols, *dy = (const E *)a->dy + r * cols;
-                c[g] = coefficients(a, r, sum_row(x, dy, weight, storage, cols, row_mean(a, r),
-                                                  ((const C *)a->rstd)[r]));
+    const int stream = dx_streamed(a);
+    #pragma omp parallel num_threads(a->num_threads) if (ln_parallel_if(rows * cols, a->num_threads))
+    {
+        #pragma omp for schedule(static)
+        for (int64_t b = 0; b < blocks; b++) {
+            const int64_t first = b * rows_per_block;
+            const int64_t last = first + rows_per_block < rows ? first + rows_per_block : rows;
+            for (int64_t g0 = first; g0 < last; g0 += group) {
+                const int64_t count = last - g0 < group ? last - g0 : group;
+                row_coefficients c[LN_GROUP];
+                for (int64_t g = 0; g < count; g++) {
+                    const int64_t r = g0 + g;
+                    const E *x = (const E *)a->x + r * cols, *dy = (const E *)a->dy + r * cols;
+                    c[g] = coefficients(a, r, sum_row(x, dy, weight, storage, cols, row_mean(a, r),
+                                                      ((const C *)a->rstd)[r]));
+                }
+                const group_sink sink = {NULL, NULL, partial ? partial + 2 * b * cols : NULL,
+                                         partial ? partial + (2 * b + 1) * cols : NULL, 1, 1, 0};
+                dx_group(a, g0, count, c, 0, cols, partial ? &sink : NULL, stream);
             }
-            const group_sink sink = {NULL, NULL, partial ? partial + 2 * b * cols : NULL,
-                                     partial ? partial + (2 * b + 1) * cols : NULL, 1, 1, 0};
-            dx_group(a, g0, count, c, 0, cols, partial ? &sink : NULL);
         }
+        if (stream) ln_stream_fence();
     }
     if (!want_params) return LN_OK;
 
@@ -287,6 +276,7 @@ static int backward_long_rows(const ln_backward_args *a)
     double *wide_sums = wide ? malloc((size_t)(2 * cols) * sizeof *wide_sums) : NULL;
     if (!partial || (wide && !wide_sums)) { free(partial); free(wide_sums); return LN_ERROR_NO_MEMORY; }
     row_coefficients coef[LN_GROUP];
+    const int stream = dx_streamed(a);
     /* float64 sums: the groups' compute-type sums go there every LN_GROUP rows */
     const int64_t groups_per_flush = LN_GROUP / group;
 
@@ -323,9 +313,10 @@ static int backward_long_rows(const ln_backward_args *a)
             for (int64_t chunk = 0; chunk < chunks; chunk++) {
                 const int64_t begin = chunk * LN_LONG_CHUNK;
                 dx_group(a, g0, count, coef, begin, cols - begin < LN_LONG_CHUNK ? cols : begin + LN_LONG_CHUNK,
-                         a->dweight || a->dbias ? &sink : NULL);
+                         a->dweight || a->dbias ? &sink : NULL, stream);
             }
         }
+        if (stream) ln_stream_fence();
         if (wide) {
             #pragma omp for schedule(static)
             for (int64_t j = 0; j < cols; j++) {

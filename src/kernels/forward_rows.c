@@ -78,7 +78,7 @@ static void finish_rows(const ln_forward_args *a, int64_t first, int64_t count, 
 #define LN_ROW_GROUP_ELEMENTS 32768
 _Static_assert(LN_ROW_GROUP <= LN_MAX_FINISHED_ROWS, "a row group must fit finish_rows' buffers");
 
-static void forward_row_group(const ln_forward_args *a, int64_t first, int64_t count, const C *recip)
+static void forward_row_group(const ln_forward_args *a, int64_t first, int64_t count, const C *recip, int stream)
 {
     const int64_t cols = a->layout.reduce;
     const int rms = a->mode == LN_MODE_RMS_NORM;
@@ -100,7 +100,7 @@ static void forward_row_group(const ln_forward_args *a, int64_t first, int64_t c
     for (int64_t g = 0; g < count; g++) {
         const int64_t offset = (first + g) * cols;
         normalize_span(row_source(a, offset), (E *)a->y + offset, cols, t[g].hi, t[g].lo, t[g].scale,
-                       a->weight, a->bias, a->params_in_storage_type);
+                       a->weight, a->bias, a->params_in_storage_type, stream);
     }
 }
 
@@ -114,6 +114,8 @@ static int forward_split_rows(const ln_forward_args *a, const C *recip)
     ln_moments *partial = malloc((size_t)items * sizeof *partial);
     if (!partial) return LN_ERROR_NO_MEMORY;
     const int rms = a->mode == LN_MODE_RMS_NORM;
+    /* blocks of whole lines (LN_BLOCK elements) in rows of whole lines */
+    const int stream = ln_stream_rows(a->y, rows, cols);
     C shift[LN_MAX_FINISHED_ROWS];
     ln_moments stats[LN_MAX_FINISHED_ROWS];
     row_transform transform[LN_MAX_FINISHED_ROWS];
@@ -146,8 +148,9 @@ static int forward_split_rows(const ln_forward_args *a, const C *recip)
             const row_transform t = transform[r];
             normalize_span(row_source(a, r * cols + start), (E *)a->y + r * cols + start, len, t.hi, t.lo, t.scale,
                            param_at(a->weight, a->params_in_storage_type, start),
-                           param_at(a->bias, a->params_in_storage_type, start), a->params_in_storage_type);
+                           param_at(a->bias, a->params_in_storage_type, start), a->params_in_storage_type, stream);
         }
+        if (stream) ln_stream_fence();
     }
     free(partial);
     return LN_OK;
@@ -162,17 +165,24 @@ int FN(forward_rows)(const ln_forward_args *a)
     fill_reciprocals(recip, cols);
     if (rows < LN_SPLIT_BELOW_ROWS && cols > LN_BLOCK && rows * cols >= LN_PARALLEL_MIN_ELEMENTS)
         return forward_split_rows(a, recip);
+    const int stream = ln_stream_rows(a->y, rows, cols);
     int64_t group = LN_ROW_GROUP_ELEMENTS / cols;
     group = group < 1 ? 1 : group > LN_ROW_GROUP ? LN_ROW_GROUP : group;
     const int64_t groups = (rows + group - 1) / group;
-#define LN_GROUP_AT(g) forward_row_group(a, (g) * group, rows - (g) * group < group ? rows - (g) * group : group, recip)
+#define LN_GROUP_AT(g) forward_row_group(a, (g) * group, rows - (g) * group < group ? rows - (g) * group : group, recip, stream)
     if (!ln_parallel_if(rows * cols, a->num_threads)) {
         /* small call: no OpenMP region at all, its start-up costs microseconds */
         for (int64_t g = 0; g < groups; g++) LN_GROUP_AT(g);
+        if (stream) ln_stream_fence();
         return LN_OK;
     }
-    #pragma omp parallel for schedule(static) num_threads(a->num_threads)
-    for (int64_t g = 0; g < groups; g++) LN_GROUP_AT(g);
+    #pragma omp parallel num_threads(a->num_threads)
+    {
+        #pragma omp for schedule(static)
+        for (int64_t g = 0; g < groups; g++) LN_GROUP_AT(g);
+        /* once per thread: a fence per group would wait for its lines each time */
+        if (stream) ln_stream_fence();
+    }
 #undef LN_GROUP_AT
     return LN_OK;
 }

@@ -1,0 +1,70 @@
+"""Outputs of 32 MB and more (LN_STREAM_MIN_BYTES) with rows of whole 4 KB
+lines are written with streaming stores.  They must give the same bits as
+the ordinary stores of a small call on the same rows, for any alignment of
+the output (the unaligned ends of each row are stored separately), in place
+and through the long-row split."""
+import numpy as np
+import pytest
+
+import layernorm as ln
+from conftest import FLOAT32, FLOAT64, random_params, use_threads
+
+STREAMED_BYTES = 32 << 20
+
+
+def misaligned_empty(shape, dtype, offset_items):
+    """An empty C-contiguous array whose data starts offset_items past a
+    64-byte boundary."""
+    itemsize = np.dtype(dtype).itemsize
+    count = int(np.prod(shape))
+    buffer = np.empty(count * itemsize + 128, np.uint8)
+    start = (-buffer.ctypes.data) % 64 + offset_items * itemsize
+    return buffer[start:start + count * itemsize].view(dtype).reshape(shape)
+
+
+@pytest.mark.parametrize("dtype", [FLOAT32, FLOAT64], ids=str)
+@pytest.mark.parametrize("rows_kind", ["many rows", "split rows"])
+def test_streamed_outputs_have_the_bits_of_small_calls(simd, rng, dtype, rows_kind):
+    itemsize = np.dtype(dtype).itemsize
+    if rows_kind == "many rows":
+        cols = 4096
+        shape = (STREAMED_BYTES // (cols * itemsize), cols)
+        probe = slice(0, 3)                                  # 3 rows stay a small call
+    else:
+        shape = (2, STREAMED_BYTES // (2 * itemsize))         # fewer than 16 rows: split
+        probe = slice(1, 2)                                  # one row alone: half the bytes
+    x = (rng.standard_normal(shape) + 5.0).astype(dtype)
+    weight, bias = random_params(rng, shape[1:], dtype)
+    expected = ln.layer_norm(x[probe], -1, weight, bias)
+    with use_threads(2):
+        fresh = ln.layer_norm(x, -1, weight, bias)
+        assert fresh[probe].tobytes() == expected.tobytes()
+        for offset in (1, 3):                                # y not on a 64-byte line
+            out = misaligned_empty(shape, dtype, offset)
+            ln.layer_norm(x, -1, weight, bias, out=out)
+            assert out.tobytes() == fresh.tobytes(), f"output offset {offset} changed the bits"
+        rms = ln.rms_norm(x, -1, weight, eps=1e-6)
+        assert rms[probe].tobytes() == ln.rms_norm(x[probe], -1, weight, eps=1e-6).tobytes()
+        in_place = x.copy()
+        ln.layer_norm(in_place, -1, weight, bias, out=in_place)
+        assert in_place.tobytes() == fresh.tobytes(), "in place (x is y) changed the bits"
+    with use_threads(1):
+        assert ln.layer_norm(x, -1, weight, bias).tobytes() == fresh.tobytes()
+
+
+@pytest.mark.parametrize("shape", [(2048, 4096), (64, 131072)], ids=["row blocks", "long rows"])
+def test_streamed_backward_has_the_bits_of_small_calls(simd, rng, shape):
+    """dx of 32 MB comes from the (64-byte aligned) buffer pool and is streamed."""
+    x = (rng.standard_normal(shape) + 5.0).astype(FLOAT32)
+    dy = rng.standard_normal(shape).astype(FLOAT32)
+    weight = random_params(rng, shape[1:], FLOAT32)[0]
+    _, mean, rstd = ln.layer_norm(x, -1, weight, return_stats=True)
+    with use_threads(2):
+        dx, dweight, dbias = ln.layer_norm_backward(dy, x, mean, rstd, -1, weight)
+    assert dx.ctypes.data % 64 == 0, "large outputs should come from the aligned pool"
+    small = ln.layer_norm_backward(dy[:3], x[:3], mean[:3], rstd[:3], -1, weight)[0]
+    assert dx[:3].tobytes() == small.tobytes()
+    with use_threads(1):
+        again = ln.layer_norm_backward(dy, x, mean, rstd, -1, weight)
+    for a, b in zip((dx, dweight, dbias), again):
+        assert a.tobytes() == b.tobytes()
