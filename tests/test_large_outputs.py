@@ -68,3 +68,26 @@ def test_streamed_backward_has_the_bits_of_small_calls(simd, rng, shape):
         again = ln.layer_norm_backward(dy, x, mean, rstd, -1, weight)
     for a, b in zip((dx, dweight, dbias), again):
         assert a.tobytes() == b.tobytes()
+
+
+@pytest.mark.parametrize("dtype", [FLOAT32, FLOAT64], ids=str)
+def test_streamed_fused_add_has_the_bits_of_small_calls(simd, rng, dtype):
+    """The fused add streams its sum too and recomputes x + residual instead
+    of reading the sum back; in place (sum_out=residual) it cannot."""
+    cols = 4096
+    shape = (STREAMED_BYTES // (cols * np.dtype(dtype).itemsize), cols)
+    x = rng.standard_normal(shape).astype(dtype)
+    r = (rng.standard_normal(shape) + 3.0).astype(dtype)
+    weight, bias = random_params(rng, shape[1:], dtype)
+    small_y, small_s = ln.add_layer_norm(x[:3], r[:3], -1, weight, bias)
+    small_rms = ln.add_rms_norm(x[:3], r[:3], -1, weight, eps=1e-6)[0]
+    with use_threads(2):
+        y, s = ln.add_layer_norm(x, r, -1, weight, bias)
+        assert y[:3].tobytes() == small_y.tobytes() and s[:3].tobytes() == small_s.tobytes()
+        assert ln.add_rms_norm(x, r, -1, weight, eps=1e-6)[0][:3].tobytes() == small_rms.tobytes()
+        out, sum_out = misaligned_empty(shape, dtype, 1), misaligned_empty(shape, dtype, 5)
+        ln.add_layer_norm(x, r, -1, weight, bias, out=out, sum_out=sum_out)
+        assert out.tobytes() == y.tobytes() and sum_out.tobytes() == s.tobytes()
+        residual = r.copy()
+        in_place_y, _ = ln.add_layer_norm(x, residual, -1, weight, bias, sum_out=residual)
+        assert residual.tobytes() == s.tobytes() and in_place_y.tobytes() == y.tobytes()

@@ -310,6 +310,28 @@ static inline const void *param_at(const void *p, int storage, int64_t i)
     return storage ? (const void *)((const E *)p + i) : (const void *)((const C *)p + i);
 }
 
+/* x[i] (addend NULL), or x[i] + addend[i] rounded as the storage type
+ * would hold it: the same values as a stored sum read back. */
+static inline V load_or_sum(const E *x, const E *addend, int64_t i)
+{
+    if (!addend) return LOADV(x + i);
+#if LN_DT == LN_DT_FLOAT32 || LN_DT == LN_DT_FLOAT64
+    return LOADV(x + i) + LOADV(addend + i);
+#else
+    E stored[VL];
+    STOREV(stored, LOADV(x + i) + LOADV(addend + i));
+    return LOADV(stored);
+#endif
+}
+
+static inline C load1_or_sum(const E *x, const E *addend, int64_t i)
+{
+    if (!addend) return LOAD1(x + i);
+    E stored;
+    STORE1(&stored, LOAD1(x + i) + LOAD1(addend + i));
+    return LOAD1(&stored);
+}
+
 static inline int ln_parallel_if(int64_t elements, int num_threads)
 {
     return num_threads > 1 && elements >= LN_PARALLEL_MIN_ELEMENTS;

@@ -8,6 +8,8 @@
  * with a large common offset: x - shift is exact when both are close, and
  * the mean is carried as the pair (shift, mean of shifted data).
  * RMS norm: sum of squares in the same lanes.
+ * `addend` (may be NULL): the data is x + addend as the storage type holds
+ * it (the fused add, when its stored sum is not read back).
  */
 #ifndef LAYERNORM_MOMENTS_H
 #define LAYERNORM_MOMENTS_H
@@ -46,7 +48,7 @@ static inline void merge_lanes(V *mean_a, V *m2_a, C *count_a, V mean_b, V m2_b,
     *count_a = n;
 }
 
-static inline ln_moments block_welford(const E *x, int64_t n, C shift, const C *recip)
+static inline ln_moments block_welford(const E *x, const E *addend, int64_t n, C shift, const C *recip)
 {
     enum { K = LN_ACCUMULATORS };
     const int64_t step = VL * K;
@@ -55,19 +57,19 @@ static inline ln_moments block_welford(const E *x, int64_t n, C shift, const C *
     V mean[K], m2[K];
     C count[K];
     for (int k = 0; k < K; k++) mean[k] = m2[k] = vbroadcast(0), count[k] = (C)(steps + (k < extra));
-#define LN_WELFORD_UPDATE(k, p, inv)                      \
+#define LN_WELFORD_UPDATE(k, i, inv)                      \
     do {                                                  \
-        const V v = LOADV(p) - vshift;                    \
+        const V v = load_or_sum(x, addend, i) - vshift;   \
         const V delta = v - mean[k];                      \
         mean[k] += delta * (inv);                         \
         m2[k] += delta * (v - mean[k]);                   \
     } while (0)
     for (int64_t s = 0; s < steps; s++) {
         const V inv = vbroadcast(recip[s]);
-        for (int k = 0; k < K; k++) LN_WELFORD_UPDATE(k, x + s * step + k * VL, inv);
+        for (int k = 0; k < K; k++) LN_WELFORD_UPDATE(k, s * step + k * VL, inv);
     }
     /* leftover whole vectors: one more step for the first `extra` accumulators */
-    for (int k = 0; k < extra; k++) LN_WELFORD_UPDATE(k, x + steps * step + k * VL, vbroadcast(recip[steps]));
+    for (int k = 0; k < extra; k++) LN_WELFORD_UPDATE(k, steps * step + k * VL, vbroadcast(recip[steps]));
 #undef LN_WELFORD_UPDATE
     if (extra == 0) {
         /* equal counts (the usual case): no divides */
@@ -107,10 +109,10 @@ static inline ln_moments block_welford(const E *x, int64_t n, C shift, const C *
     const int64_t done = vectors * VL;
     if (done < n) {
         double sum = 0, tail_m2 = 0;
-        for (int64_t i = done; i < n; i++) sum += (double)(LOAD1(x + i) - shift);
+        for (int64_t i = done; i < n; i++) sum += (double)(load1_or_sum(x, addend, i) - shift);
         const double tail_mean = sum / (double)(n - done);
         for (int64_t i = done; i < n; i++) {
-            const double d = (double)(LOAD1(x + i) - shift) - tail_mean;
+            const double d = (double)(load1_or_sum(x, addend, i) - shift) - tail_mean;
             tail_m2 += d * d;
         }
         chan_merge(&total, (ln_moments){(double)(n - done), tail_mean, tail_m2});
@@ -118,7 +120,7 @@ static inline ln_moments block_welford(const E *x, int64_t n, C shift, const C *
     return total;
 }
 
-static inline double block_sum_squares(const E *x, int64_t n)
+static inline double block_sum_squares(const E *x, const E *addend, int64_t n)
 {
     enum { K = LN_ACCUMULATORS };
     const int64_t step = VL * K;
@@ -126,9 +128,8 @@ static inline double block_sum_squares(const E *x, int64_t n)
     V acc[K];
     for (int k = 0; k < K; k++) acc[k] = vbroadcast(0);
     for (int64_t s = 0; s < steps; s++) {
-        const E *p = x + s * step;
         for (int k = 0; k < K; k++) {
-            const V v = LOADV(p + k * VL);
+            const V v = load_or_sum(x, addend, s * step + k * VL);
             acc[k] += v * v;
         }
     }
@@ -137,7 +138,7 @@ static inline double block_sum_squares(const E *x, int64_t n)
     double total = (double)hsum(acc[0]);
     C tail = 0;
     for (int64_t i = steps * step; i < n; i++) {
-        const C v = LOAD1(x + i);
+        const C v = load1_or_sum(x, addend, i);
         tail += v * v;
     }
     return total + (double)tail;

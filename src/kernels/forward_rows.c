@@ -14,10 +14,39 @@
 
 typedef struct { C hi, lo, scale; } row_transform;
 
-/* The source of row r's statistics: x, or the stored sum x + residual. */
-static inline const E *row_source(const ln_forward_args *a, int64_t offset)
+/* Where the forward streams its outputs (see ln_stream_rows). */
+typedef struct {
+    int y;     /* y */
+    int sum;   /* the fused add's sum_out, which is then never read back: the
+                * statistics and y recompute x + residual (the same values),
+                * so x and residual must not be overwritten by y or sum_out */
+} stream_plan;
+
+static inline int overlap(const void *a, const void *b, int64_t bytes)
 {
-    return a->residual ? (const E *)a->sum_out + offset : (const E *)a->x + offset;
+    return (const char *)a < (const char *)b + bytes && (const char *)b < (const char *)a + bytes;
+}
+
+static inline stream_plan plan_streams(const ln_forward_args *a)
+{
+    const int64_t rows = a->layout.outer, cols = a->layout.reduce, bytes = rows * cols * (int64_t)sizeof(E);
+    stream_plan plan = {ln_stream_rows(a->y, rows, cols), 0};
+    if (plan.y && a->residual)
+        plan.sum = ln_stream_rows(a->sum_out, rows, cols)
+                   && !overlap(a->sum_out, a->x, bytes) && !overlap(a->sum_out, a->residual, bytes)
+                   && !overlap(a->y, a->x, bytes) && !overlap(a->y, a->residual, bytes);
+    return plan;
+}
+
+/* Row r's data: x, or the fused add's x + residual, as (data, addend) for
+ * load_or_sum: the stored sum, or (sum streamed) x and residual. */
+typedef struct { const E *data, *addend; } row_data;
+
+static inline row_data row_source(const ln_forward_args *a, int64_t offset, int sum_streamed)
+{
+    if (!a->residual) return (row_data){(const E *)a->x + offset, NULL};
+    if (sum_streamed) return (row_data){(const E *)a->x + offset, (const E *)a->residual + offset};
+    return (row_data){(const E *)a->sum_out + offset, NULL};
 }
 
 /* The row's first stored value, the shift of its Welford moments.  Read it
@@ -25,15 +54,16 @@ static inline const E *row_source(const ln_forward_args *a, int64_t offset)
 static inline C row_shift(const ln_forward_args *a, int64_t offset)
 {
     const E *x = (const E *)a->x + offset;
-    return a->residual ? rounded_sum(x, (const E *)a->residual + offset) : LOAD1(x);
+    return a->residual ? load1_or_sum(x, (const E *)a->residual + offset, 0) : LOAD1(x);
 }
 
 /* One block's statistics: Welford moments of the shifted data (layer norm),
  * or the sum of squares in m2 (RMS norm). */
-static inline ln_moments block_statistics(const E *src, int64_t len, C shift, const C *recip, int rms)
+static inline ln_moments block_statistics(row_data src, int64_t start, int64_t len, C shift, const C *recip, int rms)
 {
-    if (rms) return (ln_moments){(double)len, 0, block_sum_squares(src, len)};
-    return block_welford(src, len, shift, recip);
+    const E *addend = src.addend ? src.addend + start : NULL;
+    if (rms) return (ln_moments){(double)len, 0, block_sum_squares(src.data + start, addend, len)};
+    return block_welford(src.data + start, addend, len, shift, recip);
 }
 
 /* Blocks merge in block order: Chan's formula, or a plain sum for RMS. */
@@ -78,7 +108,8 @@ static void finish_rows(const ln_forward_args *a, int64_t first, int64_t count, 
 #define LN_ROW_GROUP_ELEMENTS 32768
 _Static_assert(LN_ROW_GROUP <= LN_MAX_FINISHED_ROWS, "a row group must fit finish_rows' buffers");
 
-static void forward_row_group(const ln_forward_args *a, int64_t first, int64_t count, const C *recip, int stream)
+static void forward_row_group(const ln_forward_args *a, int64_t first, int64_t count, const C *recip,
+                              stream_plan streams)
 {
     const int64_t cols = a->layout.reduce;
     const int rms = a->mode == LN_MODE_RMS_NORM;
@@ -89,18 +120,20 @@ static void forward_row_group(const ln_forward_args *a, int64_t first, int64_t c
         const int64_t offset = (first + g) * cols;
         shift[g] = rms ? 0 : row_shift(a, offset);
         if (a->residual)
-            add_span((const E *)a->x + offset, (const E *)a->residual + offset, (E *)a->sum_out + offset, cols);
-        const E *src = row_source(a, offset);
+            add_span((const E *)a->x + offset, (const E *)a->residual + offset, (E *)a->sum_out + offset, cols,
+                     streams.sum);
+        const row_data src = row_source(a, offset, streams.sum);
         stats[g] = (ln_moments){0, 0, 0};
         for (int64_t start = 0; start < cols; start += LN_BLOCK)
-            merge_statistics(&stats[g], block_statistics(src + start, cols - start < LN_BLOCK ? cols - start : LN_BLOCK,
+            merge_statistics(&stats[g], block_statistics(src, start, cols - start < LN_BLOCK ? cols - start : LN_BLOCK,
                                                          shift[g], recip, rms), rms);
     }
     finish_rows(a, first, count, shift, stats, t);
     for (int64_t g = 0; g < count; g++) {
         const int64_t offset = (first + g) * cols;
-        normalize_span(row_source(a, offset), (E *)a->y + offset, cols, t[g].hi, t[g].lo, t[g].scale,
-                       a->weight, a->bias, a->params_in_storage_type, stream);
+        const row_data src = row_source(a, offset, streams.sum);
+        normalize_span(src.data, src.addend, (E *)a->y + offset, cols, t[g].hi, t[g].lo, t[g].scale,
+                       a->weight, a->bias, a->params_in_storage_type, streams.y);
     }
 }
 
@@ -114,7 +147,8 @@ static int forward_split_rows(const ln_forward_args *a, const C *recip)
     ln_moments *partial = malloc((size_t)items * sizeof *partial);
     if (!partial) return LN_ERROR_NO_MEMORY;
     const int rms = a->mode == LN_MODE_RMS_NORM;
-    /* blocks of whole lines (LN_BLOCK elements) in rows of whole lines */
+    /* blocks of whole lines (LN_BLOCK elements) in rows of whole lines; the
+     * sum is read back from memory here anyway, so it is not streamed */
     const int stream = ln_stream_rows(a->y, rows, cols);
     C shift[LN_MAX_FINISHED_ROWS];
     ln_moments stats[LN_MAX_FINISHED_ROWS];
@@ -129,8 +163,8 @@ static int forward_split_rows(const ln_forward_args *a, const C *recip)
             const int64_t len = cols - start < LN_BLOCK ? cols - start : LN_BLOCK;
             const int64_t offset = r * cols + start;
             if (a->residual)
-                add_span((const E *)a->x + offset, (const E *)a->residual + offset, (E *)a->sum_out + offset, len);
-            partial[item] = block_statistics(row_source(a, offset), len, shift[r], recip, rms);
+                add_span((const E *)a->x + offset, (const E *)a->residual + offset, (E *)a->sum_out + offset, len, 0);
+            partial[item] = block_statistics(row_source(a, offset, 0), 0, len, shift[r], recip, rms);
         }
         #pragma omp single
         {
@@ -146,7 +180,7 @@ static int forward_split_rows(const ln_forward_args *a, const C *recip)
             const int64_t r = item / blocks_per_row, start = (item % blocks_per_row) * LN_BLOCK;
             const int64_t len = cols - start < LN_BLOCK ? cols - start : LN_BLOCK;
             const row_transform t = transform[r];
-            normalize_span(row_source(a, r * cols + start), (E *)a->y + r * cols + start, len, t.hi, t.lo, t.scale,
+            normalize_span(row_source(a, r * cols + start, 0).data, NULL, (E *)a->y + r * cols + start, len, t.hi, t.lo, t.scale,
                            param_at(a->weight, a->params_in_storage_type, start),
                            param_at(a->bias, a->params_in_storage_type, start), a->params_in_storage_type, stream);
         }
@@ -165,15 +199,15 @@ int FN(forward_rows)(const ln_forward_args *a)
     fill_reciprocals(recip, cols);
     if (rows < LN_SPLIT_BELOW_ROWS && cols > LN_BLOCK && rows * cols >= LN_PARALLEL_MIN_ELEMENTS)
         return forward_split_rows(a, recip);
-    const int stream = ln_stream_rows(a->y, rows, cols);
+    const stream_plan streams = plan_streams(a);
     int64_t group = LN_ROW_GROUP_ELEMENTS / cols;
     group = group < 1 ? 1 : group > LN_ROW_GROUP ? LN_ROW_GROUP : group;
     const int64_t groups = (rows + group - 1) / group;
-#define LN_GROUP_AT(g) forward_row_group(a, (g) * group, rows - (g) * group < group ? rows - (g) * group : group, recip, stream)
+#define LN_GROUP_AT(g) forward_row_group(a, (g) * group, rows - (g) * group < group ? rows - (g) * group : group, recip, streams)
     if (!ln_parallel_if(rows * cols, a->num_threads)) {
         /* small call: no OpenMP region at all, its start-up costs microseconds */
         for (int64_t g = 0; g < groups; g++) LN_GROUP_AT(g);
-        if (stream) ln_stream_fence();
+        if (streams.y) ln_stream_fence();
         return LN_OK;
     }
     #pragma omp parallel num_threads(a->num_threads)
@@ -181,7 +215,7 @@ int FN(forward_rows)(const ln_forward_args *a)
         #pragma omp for schedule(static)
         for (int64_t g = 0; g < groups; g++) LN_GROUP_AT(g);
         /* once per thread: a fence per group would wait for its lines each time */
-        if (stream) ln_stream_fence();
+        if (streams.y) ln_stream_fence();
     }
 #undef LN_GROUP_AT
     return LN_OK;
