@@ -188,12 +188,46 @@ static inline __attribute__((always_inline)) void dx_group(const ln_backward_arg
     }
 }
 
+/* Row block b of a call's row blocks: its rows' sums and dx, group by group,
+ * and their dweight/dbias sums into the block's float64 partial. */
+static void backward_row_block(const ln_backward_args *a, int64_t b, int64_t rows_per_block, int64_t group,
+                               double *partial, int stream)
+{
+    const int64_t rows = a->layout.outer, cols = a->layout.reduce;
+    const int64_t first = b * rows_per_block;
+    const int64_t last = first + rows_per_block < rows ? first + rows_per_block : rows;
+    for (int64_t g0 = first; g0 < last; g0 += group) {
+        const int64_t count = last - g0 < group ? last - g0 : group;
+        row_coefficients c[LN_GROUP];
+        for (int64_t g = 0; g < count; g++) {
+            const int64_t r = g0 + g;
+            const E *x = (const E *)a->x + r * cols, *dy = (const E *)a->dy + r * cols;
+            c[g] = coefficients(a, r, sum_row(x, dy, a->weight, a->params_in_storage_type, cols, row_mean(a, r),
+                                              ((const C *)a->rstd)[r]));
+        }
+        const group_sink sink = {NULL, NULL, partial ? partial + 2 * b * cols : NULL,
+                                 partial ? partial + (2 * b + 1) * cols : NULL, 1, 1, 0};
+        dx_group(a, g0, count, c, 0, cols, partial ? &sink : NULL, stream);
+    }
+}
+
+/* dweight/dbias column j: the blocks' partials added in block order. */
+static inline void sum_partials(const ln_backward_args *a, const double *partial, int64_t blocks, int64_t j)
+{
+    const int64_t cols = a->layout.reduce;
+    double w = 0, bsum = 0;
+    for (int64_t b = 0; b < blocks; b++) {
+        w += partial[2 * b * cols + j];
+        bsum += partial[(2 * b + 1) * cols + j];
+    }
+    if (a->dweight) ((C *)a->dweight)[j] = (C)w;
+    if (a->dbias) ((C *)a->dbias)[j] = (C)bsum;
+}
+
 /* Many rows: threads take row blocks; each block owns a float64 partial. */
 static int backward_row_blocks(const ln_backward_args *a)
 {
     const int64_t rows = a->layout.outer, cols = a->layout.reduce;
-    const void *weight = a->weight;
-    const int storage = a->params_in_storage_type;
     const int want_params = a->dweight || a->dbias;
     int64_t blocks = (rows + LN_MIN_BLOCK_ROWS - 1) / LN_MIN_BLOCK_ROWS;
     if (blocks > LN_MAX_ROW_BLOCKS) blocks = LN_MAX_ROW_BLOCKS;
@@ -205,41 +239,25 @@ static int backward_row_blocks(const ln_backward_args *a)
     group = group < 1 ? 1 : group > LN_GROUP ? LN_GROUP : group;
     double *partial = want_params ? calloc((size_t)(2 * blocks * cols), sizeof *partial) : NULL;
     if (want_params && !partial) return LN_ERROR_NO_MEMORY;
-
     const int stream = dx_streamed(a);
-    #pragma omp parallel num_threads(a->num_threads) if (ln_parallel_if(rows * cols, a->num_threads))
+
+    if (!ln_parallel_if(rows * cols, a->num_threads)) {
+        /* small call: no OpenMP region at all, its start-up costs microseconds */
+        for (int64_t b = 0; b < blocks; b++) backward_row_block(a, b, rows_per_block, group, partial, stream);
+        if (stream) ln_stream_fence();
+        for (int64_t j = 0; want_params && j < cols; j++) sum_partials(a, partial, blocks, j);
+        free(partial);
+        return LN_OK;
+    }
+    #pragma omp parallel num_threads(a->num_threads)
     {
         #pragma omp for schedule(static)
-        for (int64_t b = 0; b < blocks; b++) {
-            const int64_t first = b * rows_per_block;
-            const int64_t last = first + rows_per_block < rows ? first + rows_per_block : rows;
-            for (int64_t g0 = first; g0 < last; g0 += group) {
-                const int64_t count = last - g0 < group ? last - g0 : group;
-                row_coefficients c[LN_GROUP];
-                for (int64_t g = 0; g < count; g++) {
-                    const int64_t r = g0 + g;
-                    const E *x = (const E *)a->x + r * cols, *dy = (const E *)a->dy + r * cols;
-                    c[g] = coefficients(a, r, sum_row(x, dy, weight, storage, cols, row_mean(a, r),
-                                                      ((const C *)a->rstd)[r]));
-                }
-                const group_sink sink = {NULL, NULL, partial ? partial + 2 * b * cols : NULL,
-                                         partial ? partial + (2 * b + 1) * cols : NULL, 1, 1, 0};
-                dx_group(a, g0, count, c, 0, cols, partial ? &sink : NULL, stream);
-            }
-        }
+        for (int64_t b = 0; b < blocks; b++) backward_row_block(a, b, rows_per_block, group, partial, stream);
         if (stream) ln_stream_fence();
-    }
-    if (!want_params) return LN_OK;
-
-    #pragma omp parallel for schedule(static) num_threads(a->num_threads) if (ln_parallel_if(blocks * cols, a->num_threads))
-    for (int64_t j = 0; j < cols; j++) {
-        double w = 0, bsum = 0;
-        for (int64_t b = 0; b < blocks; b++) {
-            w += partial[2 * b * cols + j];
-            bsum += partial[(2 * b + 1) * cols + j];
+        if (want_params) {
+            #pragma omp for schedule(static)
+            for (int64_t j = 0; j < cols; j++) sum_partials(a, partial, blocks, j);
         }
-        if (a->dweight) ((C *)a->dweight)[j] = (C)w;
-        if (a->dbias) ((C *)a->dbias)[j] = (C)bsum;
     }
     free(partial);
     return LN_OK;
