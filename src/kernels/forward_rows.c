@@ -150,8 +150,8 @@ static int forward_split_rows(const ln_forward_args *a, const C *recip)
     /* blocks of whole lines (LN_BLOCK elements) in rows of whole lines; the
      * sum is read back from memory here anyway, so it is not streamed */
     const int stream = ln_stream_rows(a->y, rows, cols);
-    C shift[LN_MAX_FINISHED_ROWS];
-    ln_moments stats[LN_MAX_FINISHED_ROWS];
+    C shift[LN_MAX_FINISHED_ROWS] = {0};
+    ln_moments stats[LN_MAX_FINISHED_ROWS] = {{0, 0, 0}};
     row_transform transform[LN_MAX_FINISHED_ROWS];
     for (int64_t r = 0; r < rows; r++) shift[r] = rms ? 0 : row_shift(a, r * cols);
 
