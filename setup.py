@@ -34,6 +34,21 @@ SIMD_LEVELS = {
     "avx512": (64, ["-mavx512f", "-mavx512dq", "-mavx512bw", "-mavx512vl", "-mavx2", "-mfma", "-mf16c"]),
 }
 COMMON_FLAGS = ["-O3", "-std=gnu11", "-fno-math-errno", "-Wall", "-Wno-unknown-pragmas", "-Wno-psabi"]
+# The kernels are vectorized by hand, but the compiler's loop vectorizer also
+# takes some scalar loops (row tails, few columns, per-row finishes) and may
+# version them on the pointers' runtime overlap or alignment: the vector and
+# scalar versions contract multiply-adds differently, so a call's last bits
+# depended on where its arrays happened to be (seen on a (5, 7) float32
+# dweight).  The first of these that the compiler takes: GCC keeps the
+# vectorizer but without runtime versioning or alignment peeling (switching
+# the vectorizer off made (262144, 64) 1.2x slower); other compilers get no
+# loop vectorizer.
+DETERMINISM_FLAG_CHOICES = [
+    ["--param=vect-max-version-for-alias-checks=0", "--param=vect-max-version-for-alignment-checks=0",
+     "--param=vect-max-peeling-for-alignment=0"],
+    ["-fno-vectorize"],
+    ["-fno-tree-loop-vectorize"],
+]
 
 OPENMP_PROBE = r"""
 #include <omp.h>
@@ -89,7 +104,14 @@ class build_ext_with_kernels(build_ext):
                     levels.append(level)
                 else:
                     warnings.warn(f"layernorm: the compiler cannot build {level} kernels; skipping them")
-        print(f"layernorm: OpenMP {'on' if openmp else 'off'}; SIMD levels built: {', '.join(levels)}")
+        self.determinism_flags = next(
+            (flags for flags in DETERMINISM_FLAG_CHOICES if compiles(compiler, "int main(void) { return 0; }",
+                                                                     COMMON_FLAGS + flags + ["-Werror"])), [])
+        if not self.determinism_flags:
+            warnings.warn("layernorm: cannot keep the loop vectorizer from versioning loops; "
+                          "last bits may depend on array addresses")
+        print(f"layernorm: OpenMP {'on' if openmp else 'off'}; SIMD levels built: {', '.join(levels)}; "
+              f"vectorizer flags: {' '.join(self.determinism_flags)}")
         level_macros = [(f"LN_BUILD_{level.upper()}", "1") for level in levels if level != "baseline"]
         for ext in self.extensions:
             if ext.name != "layernorm._kernels":
@@ -113,7 +135,7 @@ class build_ext_with_kernels(build_ext):
                 output_dir=os.path.join(self.build_temp, "kernels", level, dtype),
                 macros=macros,
                 include_dirs=ext.include_dirs,
-                extra_postargs=COMMON_FLAGS + flags + openmp,
+                extra_postargs=COMMON_FLAGS + self.determinism_flags + flags + openmp,
                 depends=ext.depends,
             )
 

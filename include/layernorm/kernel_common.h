@@ -343,6 +343,7 @@ static inline C hsum(V v)
     C lanes[VL];
     memcpy(lanes, &v, sizeof lanes);
     for (int64_t width = VL / 2; width >= 1; width /= 2)
+#pragma GCC ivdep   /* lanes [0, width) and [width, 2 width) do not overlap */
         for (int64_t i = 0; i < width; i++) lanes[i] += lanes[i + width];
     return lanes[0];
 }
@@ -352,6 +353,7 @@ static inline double hsum_d(VD v)
     double lanes[VL];
     memcpy(lanes, &v, sizeof lanes);
     for (int64_t width = VL / 2; width >= 1; width /= 2)
+#pragma GCC ivdep   /* lanes [0, width) and [width, 2 width) do not overlap */
         for (int64_t i = 0; i < width; i++) lanes[i] += lanes[i + width];
     return lanes[0];
 }

@@ -96,6 +96,7 @@ static inline ln_moments block_welford(const E *x, const E *addend, int64_t n, C
         memcpy(lane_m2, &m2[0], sizeof lane_m2);
 #pragma GCC unroll 8
         for (int64_t width = VL / 2; width >= 1; width /= 2) {
+#pragma GCC ivdep   /* lanes [0, width) and [width, 2 width) do not overlap */
             for (int64_t i = 0; i < width; i++) {
                 const C delta = lane_mean[i + width] - lane_mean[i];
                 lane_mean[i] += delta * (C)0.5;
