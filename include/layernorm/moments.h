@@ -48,7 +48,7 @@ static inline void merge_lanes(V *mean_a, V *m2_a, C *count_a, V mean_b, V m2_b,
     *count_a = n;
 }
 
-static inline ln_moments block_welford(const E *x, const E *addend, int64_t n, C shift, const C *recip)
+static inline __attribute__((always_inline)) ln_moments block_welford(const E *x, const E *addend, int64_t n, C shift, const C *recip)
 {
     enum { K = LN_ACCUMULATORS };
     const int64_t step = VL * K;
@@ -121,7 +121,7 @@ static inline ln_moments block_welford(const E *x, const E *addend, int64_t n, C
     return total;
 }
 
-static inline double block_sum_squares(const E *x, const E *addend, int64_t n)
+static inline __attribute__((always_inline)) double block_sum_squares(const E *x, const E *addend, int64_t n)
 {
     enum { K = LN_ACCUMULATORS };
     const int64_t step = VL * K;

@@ -46,7 +46,7 @@ static inline void add_span(const E *x, const E *residual, E *sum_out, int64_t n
  * not NULL (see load_or_sum).  weight/bias may be NULL; `storage`: they are
  * stored like x (see param_v).  `stream`: y is written with streaming stores
  * (see LN_STREAMED_SPAN). */
-static inline V normalized_v(const E *x, const E *addend, int64_t i, V vhi, V vlo, V vscale,
+static inline __attribute__((always_inline)) V normalized_v(const E *x, const E *addend, int64_t i, V vhi, V vlo, V vscale,
                              const void *weight, const void *bias, int storage)
 {
     V v = ((load_or_sum(x, addend, i) - vhi) - vlo) * vscale;
@@ -56,7 +56,7 @@ static inline V normalized_v(const E *x, const E *addend, int64_t i, V vhi, V vl
     return v;
 }
 
-static inline void normalize_span(const E *x, const E *addend, E *y, int64_t n, C hi, C lo, C scale,
+static inline __attribute__((always_inline)) void normalize_span(const E *x, const E *addend, E *y, int64_t n, C hi, C lo, C scale,
                                   const void *weight, const void *bias, int storage, int stream)
 {
     const V vhi = vbroadcast(hi), vlo = vbroadcast(lo), vscale = vbroadcast(scale);

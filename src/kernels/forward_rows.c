@@ -59,7 +59,7 @@ static inline C row_shift(const ln_forward_args *a, int64_t offset)
 
 /* One block's statistics: Welford moments of the shifted data (layer norm),
  * or the sum of squares in m2 (RMS norm). */
-static inline ln_moments block_statistics(row_data src, int64_t start, int64_t len, C shift, const C *recip, int rms)
+static inline __attribute__((always_inline)) ln_moments block_statistics(row_data src, int64_t start, int64_t len, C shift, const C *recip, int rms)
 {
     const E *addend = src.addend ? src.addend + start : NULL;
     if (rms) return (ln_moments){(double)len, 0, block_sum_squares(src.data + start, addend, len)};
@@ -108,8 +108,8 @@ static void finish_rows(const ln_forward_args *a, int64_t first, int64_t count, 
 #define LN_ROW_GROUP_ELEMENTS 32768
 _Static_assert(LN_ROW_GROUP <= LN_MAX_FINISHED_ROWS, "a row group must fit finish_rows' buffers");
 
-static void forward_row_group(const ln_forward_args *a, int64_t first, int64_t count, const C *recip,
-                              stream_plan streams)
+static inline __attribute__((always_inline)) void row_group_body(const ln_forward_args *a, int64_t first, int64_t count,
+                                                                  const C *recip, stream_plan streams)
 {
     const int64_t cols = a->layout.reduce;
     const int rms = a->mode == LN_MODE_RMS_NORM;
@@ -135,6 +135,17 @@ static void forward_row_group(const ln_forward_args *a, int64_t first, int64_t c
         normalize_span(src.data, src.addend, (E *)a->y + offset, cols, t[g].hi, t[g].lo, t[g].scale,
                        a->weight, a->bias, a->params_in_storage_type, streams.y);
     }
+}
+
+/* The body specialized on whether the sum is recomputed, so that the usual
+ * case reads its data without a per-vector test for an addend. */
+static void forward_row_group(const ln_forward_args *a, int64_t first, int64_t count, const C *recip,
+                              stream_plan streams)
+{
+    if (streams.sum)
+        row_group_body(a, first, count, recip, (stream_plan){streams.y, 1});
+    else
+        row_group_body(a, first, count, recip, (stream_plan){streams.y, 0});
 }
 
 /* A few long rows (fewer than LN_SPLIT_BELOW_ROWS): blocks of every row are

@@ -1,0 +1,93 @@
+"""A/B of two in-place builds' kernels, interleaved in one process.
+
+On a shared machine the memory bandwidth drifts by tens of percent between
+runs, so two builds timed in separate runs cannot be compared.  This loads
+the `_kernels` extension of both source trees into one process (each from
+its own file, so each has its own dispatch table) and alternates calls, with
+`numpy.copyto` of the same array as the yardstick; it prints medians and the
+new/old ratio.
+
+    git worktree add /tmp/old HEAD~1 && (cd /tmp/old && python setup.py build_ext --inplace)
+    python setup.py build_ext --inplace
+    PYTHONPATH=src python bench/compare_builds.py /tmp/old/src src forward 16384x1024 --threads 2
+
+Operations: forward (layer norm, weight and bias), rms, backward, add (the
+fused add, sum not in place).  float32 unless --dtype float64.
+"""
+import argparse
+import glob
+import importlib.util
+import time
+
+import numpy as np
+
+
+def load_kernels(source_dir):
+    importlib.import_module("layernorm")   # the package both extensions import from
+    path = glob.glob(f"{source_dir}/layernorm/_kernels*.so")[0]
+    spec = importlib.util.spec_from_file_location("layernorm._kernels", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def make_call(kernels, op, arrays, threads, code):
+    x, r, dy, w, b, y, s, dx, dw, db, mean, rstd = arrays
+    rows, cols = x.shape
+    layout = (rows, cols, 1)
+    if op == "forward":
+        return lambda: kernels.forward(code, 0, layout, x, None, None, y, w, b, None, None, 1e-5, threads)
+    if op == "rms":
+        return lambda: kernels.forward(code, 1, layout, x, None, None, y, w, None, None, None, 1e-6, threads)
+    if op == "add":
+        return lambda: kernels.forward(code, 0, layout, x, r, s, y, w, b, None, None, 1e-5, threads)
+    if op == "backward":
+        return lambda: kernels.backward(code, 0, layout, dy, x, mean, rstd, w, dx, dw, db, threads)
+    raise SystemExit(f"unknown operation {op!r}")
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("old"), parser.add_argument("new")
+    parser.add_argument("op", choices=["forward", "rms", "add", "backward"])
+    parser.add_argument("shape", help="ROWSxCOLS, normalized over COLS")
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--seconds", type=float, default=4.0)
+    parser.add_argument("--simd", default="avx512")
+    parser.add_argument("--dtype", choices=["float32", "float64"], default="float32")
+    args = parser.parse_args()
+
+    dtype = np.dtype(args.dtype)
+    code = 0 if dtype == np.float32 else 1
+    rows, cols = (int(v) for v in args.shape.split("x"))
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((rows, cols)).astype(dtype)
+    arrays = (x, rng.standard_normal(x.shape).astype(dtype), rng.standard_normal(x.shape).astype(dtype),
+              np.ones(cols, dtype), np.zeros(cols, dtype), np.empty_like(x), np.empty_like(x),
+              np.empty_like(x), np.empty(cols, dtype), np.empty(cols, dtype),
+              x.mean(1).astype(dtype), (1 / x.std(1)).astype(dtype))
+    calls = {}
+    for name, source in (("old", args.old), ("new", args.new)):
+        kernels = load_kernels(source)
+        kernels.select_simd(args.simd)
+        kernels.openmp_set_threads(args.threads)
+        calls[name] = make_call(kernels, args.op, arrays, args.threads, code)
+    copy_out = np.empty_like(x)
+    calls["copy"] = lambda: np.copyto(copy_out, x)
+
+    samples = {name: [] for name in calls}
+    end = time.perf_counter() + args.seconds
+    while time.perf_counter() < end or len(samples["copy"]) < 7:
+        for name, call in calls.items():
+            start = time.perf_counter()
+            call()
+            samples[name].append(time.perf_counter() - start)
+    median = {name: float(np.median(t)) * 1e3 for name, t in samples.items()}
+    print(f"{args.op} {args.shape} {dtype} {args.simd} threads={args.threads}: "
+          f"old {median['old']:.3f} ms ({median['old'] / median['copy']:.2f}x copy), "
+          f"new {median['new']:.3f} ms ({median['new'] / median['copy']:.2f}x copy), "
+          f"new/old {median['new'] / median['old']:.3f} ({len(samples['copy'])} rounds)")
+
+
+if __name__ == "__main__":
+    main()
