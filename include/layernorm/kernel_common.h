@@ -332,6 +332,29 @@ static inline C load1_or_sum(const E *x, const E *addend, int64_t i)
     return LOAD1(&stored);
 }
 
+/* Rows handled together when each row holds `cols` elements and a group
+ * should hold at most `budget` elements (at least one row, at most `most`). */
+static inline int64_t ln_rows_per_group(int64_t budget, int64_t cols, int64_t most)
+{
+    const int64_t rows = budget / cols;
+    return rows < 1 ? 1 : rows > most ? most : rows;
+}
+
+/* dweight/dbias entry j of the backward from float64 partials of `blocks`
+ * blocks, laid out [dweight of block 0][dbias of block 0][dweight of block
+ * 1]... (layout.reduce values each), added in block order. */
+static inline void ln_sum_partials(const ln_backward_args *a, const double *partial, int64_t blocks, int64_t j)
+{
+    const int64_t n = a->layout.reduce;
+    double w = 0, b = 0;
+    for (int64_t block = 0; block < blocks; block++) {
+        w += partial[2 * block * n + j];
+        b += partial[(2 * block + 1) * n + j];
+    }
+    if (a->dweight) ((C *)a->dweight)[j] = (C)w;
+    if (a->dbias) ((C *)a->dbias)[j] = (C)b;
+}
+
 static inline int ln_parallel_if(int64_t elements, int num_threads)
 {
     return num_threads > 1 && elements >= LN_PARALLEL_MIN_ELEMENTS;

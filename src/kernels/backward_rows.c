@@ -211,19 +211,6 @@ static void backward_row_block(const ln_backward_args *a, int64_t b, int64_t row
     }
 }
 
-/* dweight/dbias column j: the blocks' partials added in block order. */
-static inline void sum_partials(const ln_backward_args *a, const double *partial, int64_t blocks, int64_t j)
-{
-    const int64_t cols = a->layout.reduce;
-    double w = 0, bsum = 0;
-    for (int64_t b = 0; b < blocks; b++) {
-        w += partial[2 * b * cols + j];
-        bsum += partial[(2 * b + 1) * cols + j];
-    }
-    if (a->dweight) ((C *)a->dweight)[j] = (C)w;
-    if (a->dbias) ((C *)a->dbias)[j] = (C)bsum;
-}
-
 /* Many rows: threads take row blocks; each block owns a float64 partial. */
 static int backward_row_blocks(const ln_backward_args *a)
 {
@@ -235,8 +222,7 @@ static int backward_row_blocks(const ln_backward_args *a)
     const int64_t rows_per_block = (rows + blocks - 1) / blocks;
     blocks = (rows + rows_per_block - 1) / rows_per_block;
     /* a group's rows are read twice, so they should stay in L2 in between */
-    int64_t group = LN_GROUP_ELEMENTS / cols;
-    group = group < 1 ? 1 : group > LN_GROUP ? LN_GROUP : group;
+    const int64_t group = ln_rows_per_group(LN_GROUP_ELEMENTS, cols, LN_GROUP);
     double *partial = want_params ? calloc((size_t)(2 * blocks * cols), sizeof *partial) : NULL;
     if (want_params && !partial) return LN_ERROR_NO_MEMORY;
     const int stream = dx_streamed(a);
@@ -245,7 +231,7 @@ static int backward_row_blocks(const ln_backward_args *a)
         /* small call: no OpenMP region at all, its start-up costs microseconds */
         for (int64_t b = 0; b < blocks; b++) backward_row_block(a, b, rows_per_block, group, partial, stream);
         if (stream) ln_stream_fence();
-        for (int64_t j = 0; want_params && j < cols; j++) sum_partials(a, partial, blocks, j);
+        for (int64_t j = 0; want_params && j < cols; j++) ln_sum_partials(a, partial, blocks, j);
         free(partial);
         return LN_OK;
     }
@@ -256,7 +242,7 @@ static int backward_row_blocks(const ln_backward_args *a)
         if (stream) ln_stream_fence();
         if (want_params) {
             #pragma omp for schedule(static)
-            for (int64_t j = 0; j < cols; j++) sum_partials(a, partial, blocks, j);
+            for (int64_t j = 0; j < cols; j++) ln_sum_partials(a, partial, blocks, j);
         }
     }
     free(partial);
@@ -284,8 +270,7 @@ static int backward_long_rows(const ln_backward_args *a)
     const int64_t chunks = (cols + LN_LONG_CHUNK - 1) / LN_LONG_CHUNK;
     const void *weight = a->weight;
     const int storage = a->params_in_storage_type;
-    int64_t group = LN_LONG_GROUP_ELEMENTS / cols;
-    group = group < 1 ? 1 : group > LN_GROUP ? LN_GROUP : group;
+    const int64_t group = ln_rows_per_group(LN_LONG_GROUP_ELEMENTS, cols, LN_GROUP);
     /* dweight/dbias: a few rows are summed in the compute type, in place in
      * the result; more rows are summed in float64, with compute-type running
      * sums of LN_GROUP rows in between (the choice depends on the shape only). */
@@ -337,10 +322,7 @@ static int backward_long_rows(const ln_backward_args *a)
         if (stream) ln_stream_fence();
         if (wide) {
             #pragma omp for schedule(static)
-            for (int64_t j = 0; j < cols; j++) {
-                if (a->dweight) ((C *)a->dweight)[j] = (C)wide_sums[j];
-                if (a->dbias) ((C *)a->dbias)[j] = (C)wide_sums[cols + j];
-            }
+            for (int64_t j = 0; j < cols; j++) ln_sum_partials(a, wide_sums, 1, j);
         }
     }
     free(partial);

@@ -134,15 +134,7 @@ int FN(backward_strided)(const ln_backward_args *a)
         free(st);
     }
     if (status == LN_OK) {
-        for (int64_t r = 0; r < reduce; r++) {
-            double w = 0, b = 0;
-            for (int64_t item = 0; item < items; item++) {
-                w += partial[2 * item * reduce + r];
-                b += partial[(2 * item + 1) * reduce + r];
-            }
-            if (a->dweight) ((C *)a->dweight)[r] = (C)w;
-            if (a->dbias) ((C *)a->dbias)[r] = (C)b;
-        }
+        for (int64_t r = 0; r < reduce; r++) ln_sum_partials(a, partial, items, r);
     }
     free(partial);
     return status;

@@ -211,8 +211,7 @@ int FN(forward_rows)(const ln_forward_args *a)
     if (rows < LN_SPLIT_BELOW_ROWS && cols > LN_BLOCK && rows * cols >= LN_PARALLEL_MIN_ELEMENTS)
         return forward_split_rows(a, recip);
     const stream_plan streams = plan_streams(a);
-    int64_t group = LN_ROW_GROUP_ELEMENTS / cols;
-    group = group < 1 ? 1 : group > LN_ROW_GROUP ? LN_ROW_GROUP : group;
+    const int64_t group = ln_rows_per_group(LN_ROW_GROUP_ELEMENTS, cols, LN_ROW_GROUP);
     const int64_t groups = (rows + group - 1) / group;
 #define LN_GROUP_AT(g) forward_row_group(a, (g) * group, rows - (g) * group < group ? rows - (g) * group : group, recip, streams)
     if (!ln_parallel_if(rows * cols, a->num_threads)) {
