@@ -12,7 +12,8 @@ new/old ratio.
     PYTHONPATH=src python bench/compare_builds.py /tmp/old/src src forward 16384x1024 --threads 2
 
 Operations: forward (layer norm, weight and bias), rms, backward, add (the
-fused add, sum not in place).  float32 unless --dtype float64.
+fused add, sum not in place).  float32 unless --dtype float64, float16 or
+bfloat16 (ml_dtypes); half precision gets float32 weight, bias and statistics.
 """
 import argparse
 import glob
@@ -20,6 +21,9 @@ import importlib.util
 import time
 
 import numpy as np
+
+# the kernels' dtype codes (include/layernorm/layernorm.h)
+KERNEL_DTYPE_CODES = {"float32": 0, "float64": 1, "float16": 2, "bfloat16": 3}
 
 
 def load_kernels(source_dir):
@@ -33,8 +37,7 @@ def load_kernels(source_dir):
 
 def make_call(kernels, op, arrays, threads, code):
     x, r, dy, w, b, y, s, dx, dw, db, mean, rstd = arrays
-    rows, cols = x.shape
-    layout = (rows, cols, 1)
+    layout = x.shape if x.ndim == 3 else (*x.shape, 1)
     if op == "forward":
         return lambda: kernels.forward(code, 0, layout, x, None, None, y, w, b, None, None, 1e-5, threads)
     if op == "rms":
@@ -50,22 +53,29 @@ def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("old"), parser.add_argument("new")
     parser.add_argument("op", choices=["forward", "rms", "add", "backward"])
-    parser.add_argument("shape", help="ROWSxCOLS, normalized over COLS")
+    parser.add_argument("shape", help="ROWSxCOLS, normalized over COLS, or OUTERxREDUCExINNER (the strided "
+                                      "layout: NCHW over C is 32x64x3136)")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--seconds", type=float, default=4.0)
     parser.add_argument("--simd", default="avx512")
-    parser.add_argument("--dtype", choices=["float32", "float64"], default="float32")
+    parser.add_argument("--dtype", choices=list(KERNEL_DTYPE_CODES), default="float32")
     args = parser.parse_args()
 
-    dtype = np.dtype(args.dtype)
-    code = 0 if dtype == np.float32 else 1
-    rows, cols = (int(v) for v in args.shape.split("x"))
+    if args.dtype == "bfloat16":
+        import ml_dtypes
+        dtype = np.dtype(ml_dtypes.bfloat16)
+    else:
+        dtype = np.dtype(args.dtype)
+    code = KERNEL_DTYPE_CODES[args.dtype]
+    compute = np.dtype(np.float64 if dtype == np.float64 else np.float32)
+    shape = tuple(int(v) for v in args.shape.split("x"))
+    cols = shape[1]
     rng = np.random.default_rng(0)
-    x = rng.standard_normal((rows, cols)).astype(dtype)
+    x = rng.standard_normal(shape).astype(dtype)
     arrays = (x, rng.standard_normal(x.shape).astype(dtype), rng.standard_normal(x.shape).astype(dtype),
-              np.ones(cols, dtype), np.zeros(cols, dtype), np.empty_like(x), np.empty_like(x),
-              np.empty_like(x), np.empty(cols, dtype), np.empty(cols, dtype),
-              x.mean(1).astype(dtype), (1 / x.std(1)).astype(dtype))
+              np.ones(cols, compute), np.zeros(cols, compute), np.empty_like(x), np.empty_like(x),
+              np.empty_like(x), np.empty(cols, compute), np.empty(cols, compute),
+              x.astype(compute).mean(1).ravel(), 1 / x.astype(compute).std(1).ravel())
     calls = {}
     for name, source in (("old", args.old), ("new", args.new)):
         kernels = load_kernels(source)

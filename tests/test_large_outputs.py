@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 import layernorm as ln
-from conftest import FLOAT32, FLOAT64, random_params, use_threads
+from conftest import ALL_DTYPES, FLOAT32, random_params, use_threads
 
 STREAMED_BYTES = 32 << 20
 
@@ -22,7 +22,7 @@ def misaligned_empty(shape, dtype, offset_items):
     return buffer[start:start + count * itemsize].view(dtype).reshape(shape)
 
 
-@pytest.mark.parametrize("dtype", [FLOAT32, FLOAT64], ids=str)
+@pytest.mark.parametrize("dtype", ALL_DTYPES)
 @pytest.mark.parametrize("rows_kind", ["many rows", "split rows"])
 def test_streamed_outputs_have_the_bits_of_small_calls(simd, rng, dtype, rows_kind):
     itemsize = np.dtype(dtype).itemsize
@@ -52,12 +52,15 @@ def test_streamed_outputs_have_the_bits_of_small_calls(simd, rng, dtype, rows_ki
         assert ln.layer_norm(x, -1, weight, bias).tobytes() == fresh.tobytes()
 
 
-@pytest.mark.parametrize("shape", [(2048, 4096), (64, 131072)], ids=["row blocks", "long rows"])
-def test_streamed_backward_has_the_bits_of_small_calls(simd, rng, shape):
+@pytest.mark.parametrize("dtype", ALL_DTYPES)
+@pytest.mark.parametrize("rows_kind", ["row blocks", "long rows"])
+def test_streamed_backward_has_the_bits_of_small_calls(simd, rng, dtype, rows_kind):
     """dx of 32 MB comes from the (64-byte aligned) buffer pool and is streamed."""
-    x = (rng.standard_normal(shape) + 5.0).astype(FLOAT32)
-    dy = rng.standard_normal(shape).astype(FLOAT32)
-    weight = random_params(rng, shape[1:], FLOAT32)[0]
+    cols = 4096 if rows_kind == "row blocks" else 131072
+    shape = (STREAMED_BYTES // (cols * np.dtype(dtype).itemsize), cols)
+    x = (rng.standard_normal(shape) + 5.0).astype(dtype)
+    dy = rng.standard_normal(shape).astype(dtype)
+    weight = random_params(rng, shape[1:], dtype)[0]
     _, mean, rstd = ln.layer_norm(x, -1, weight, return_stats=True)
     with use_threads(2):
         dx, dweight, dbias = ln.layer_norm_backward(dy, x, mean, rstd, -1, weight)
@@ -70,7 +73,7 @@ def test_streamed_backward_has_the_bits_of_small_calls(simd, rng, shape):
         assert a.tobytes() == b.tobytes()
 
 
-@pytest.mark.parametrize("dtype", [FLOAT32, FLOAT64], ids=str)
+@pytest.mark.parametrize("dtype", ALL_DTYPES)
 def test_streamed_fused_add_has_the_bits_of_small_calls(simd, rng, dtype):
     """The fused add streams its sum too and recomputes x + residual instead
     of reading the sum back; in place (sum_out=residual) it cannot."""

@@ -55,6 +55,33 @@ static inline VD vd_load(const double *p) { VD v; memcpy(&v, p, sizeof v); retur
 static inline void vd_store(double *p, VD v) { memcpy(p, &v, sizeof v); }
 static inline VD vwiden(V v) { return __builtin_convertvector(v, VD); }
 
+/* a * b + c, fused where the level has FMA.  Written out where the same
+ * element can be computed by two copies of one expression (a streamed row's
+ * unaligned ends and its loop): the compiler contracts a * b + c only when
+ * both operations land in one basic block, which differed between the copies
+ * (a bfloat16 row end came out 1 ulp off its loop). */
+#if defined(__FMA__) && (defined(__x86_64__) || defined(__i386__))
+#include <immintrin.h>
+static inline V vmuladd(V a, V b, V c)
+{
+#if LN_DT == LN_DT_FLOAT64 && LN_VECTOR_BYTES == 64
+    return (V)_mm512_fmadd_pd((__m512d)a, (__m512d)b, (__m512d)c);
+#elif LN_DT == LN_DT_FLOAT64 && LN_VECTOR_BYTES == 32
+    return (V)_mm256_fmadd_pd((__m256d)a, (__m256d)b, (__m256d)c);
+#elif LN_DT == LN_DT_FLOAT64
+    return (V)_mm_fmadd_pd((__m128d)a, (__m128d)b, (__m128d)c);
+#elif LN_VECTOR_BYTES == 64
+    return (V)_mm512_fmadd_ps((__m512)a, (__m512)b, (__m512)c);
+#elif LN_VECTOR_BYTES == 32
+    return (V)_mm256_fmadd_ps((__m256)a, (__m256)b, (__m256)c);
+#else
+    return (V)_mm_fmadd_ps((__m128)a, (__m128)b, (__m128)c);
+#endif
+}
+#else
+static inline V vmuladd(V a, V b, V c) { return a * b + c; }
+#endif
+
 #if LN_DT == LN_DT_FLOAT32
 typedef float E;
 static inline V LOADV(const E *p) { return vload_c(p); }
@@ -232,12 +259,14 @@ static inline void STORE1(E *p, C c)
 
 /* Streaming (non-temporal) stores of whole aligned vectors, for outputs far
  * larger than the caches: they skip the read-for-ownership of the output's
- * lines, as memcpy does for large copies.  float32/float64 on x86 only;
- * elsewhere LN_CAN_STREAM is 0 and STREAMV is never called. */
+ * lines, as memcpy does for large copies.  On x86: float32/float64 at every
+ * level, float16/bfloat16 from AVX2 on (a narrowed vector is 16 or 32 bytes;
+ * SSE2 has no 8-byte vector stream).  Elsewhere LN_CAN_STREAM is 0 and
+ * STREAMV is never called. */
 #if (LN_DT == LN_DT_FLOAT32 || LN_DT == LN_DT_FLOAT64) && (defined(__x86_64__) || defined(__i386__)) && defined(__SSE2__)
 #include <immintrin.h>
 #define LN_CAN_STREAM 1
-static inline void STREAMV(E *p, V v)   /* p aligned to LN_VECTOR_BYTES */
+static inline void STREAMV(E *p, V v)   /* p aligned to VL * sizeof(E) */
 {
 #if LN_DT == LN_DT_FLOAT32 && LN_VECTOR_BYTES == 64
     _mm512_stream_ps(p, (__m512)v);
@@ -251,6 +280,25 @@ static inline void STREAMV(E *p, V v)   /* p aligned to LN_VECTOR_BYTES */
     _mm_stream_ps(p, (__m128)v);
 #else
     _mm_stream_pd(p, (__m128d)v);
+#endif
+}
+static inline void ln_stream_fence(void) { _mm_sfence(); }
+#elif (LN_DT == LN_DT_FLOAT16 || LN_DT == LN_DT_BFLOAT16) && (defined(__x86_64__) || defined(__i386__)) \
+    && LN_VECTOR_BYTES >= 32 && defined(__AVX__)
+#include <immintrin.h>
+#define LN_CAN_STREAM 1
+static inline void STREAMV(E *p, V v)   /* p aligned to VL * sizeof(E) */
+{
+    /* STOREV's rounding into a register-sized local, then one streaming
+     * store: the same bits as STOREV */
+#if LN_VECTOR_BYTES == 64
+    __m256i narrow;
+    STOREV((E *)&narrow, v);
+    _mm256_stream_si256((__m256i *)p, narrow);
+#else
+    __m128i narrow;
+    STOREV((E *)&narrow, v);
+    _mm_stream_si128((__m128i *)p, narrow);
 #endif
 }
 static inline void ln_stream_fence(void) { _mm_sfence(); }

@@ -13,18 +13,19 @@
 #define LN_STREAMED_SPAN(y, n, VALUE)                                                               \
     do {                                                                                            \
         /* elements before y's first aligned vector (y is aligned to sizeof(E)) */                  \
-        const int64_t skip_ = (int64_t)((LN_VECTOR_BYTES - (uintptr_t)(y) % LN_VECTOR_BYTES)        \
-                                        % LN_VECTOR_BYTES) / (int64_t)sizeof(E);                    \
-        V head_ = vbroadcast(0), tail_ = vbroadcast(0);                                             \
+        const int64_t store_bytes_ = VL * (int64_t)sizeof(E);                                       \
+        const int64_t skip_ = (int64_t)((store_bytes_ - (uintptr_t)(y) % store_bytes_)              \
+                                        % store_bytes_) / (int64_t)sizeof(E);                       \
+        E head_[VL], tail_[VL];                                                                     \
         int64_t i;                                                                                  \
         if (skip_) {                                                                                \
-            i = 0; head_ = (VALUE);                                                                 \
-            i = (n) - VL; tail_ = (VALUE);                                                          \
+            i = 0; STOREV(head_, (VALUE));                                                          \
+            i = (n) - VL; STOREV(tail_, (VALUE));                                                   \
         }                                                                                           \
         for (i = skip_; i + VL <= (n); i += VL) STREAMV((y) + i, (VALUE));                          \
         if (skip_) {                                                                                \
-            memcpy((y), &head_, (size_t)skip_ * sizeof(E));                                         \
-            memcpy((y) + i, (const E *)&tail_ + (i - ((n) - VL)), (size_t)((n) - i) * sizeof(E));  \
+            memcpy((y), head_, (size_t)skip_ * sizeof(E));                                          \
+            memcpy((y) + i, tail_ + (i - ((n) - VL)), (size_t)((n) - i) * sizeof(E));               \
         }                                                                                           \
     } while (0)
 
@@ -49,11 +50,11 @@ static inline void add_span(const E *x, const E *residual, E *sum_out, int64_t n
 static inline __attribute__((always_inline)) V normalized_v(const E *x, const E *addend, int64_t i, V vhi, V vlo, V vscale,
                              const void *weight, const void *bias, int storage)
 {
-    V v = ((load_or_sum(x, addend, i) - vhi) - vlo) * vscale;
-    if (weight && bias) return v * param_v(weight, storage, i) + param_v(bias, storage, i);
-    if (weight) return v * param_v(weight, storage, i);
-    if (bias) return v + param_v(bias, storage, i);
-    return v;
+    const V centred = (load_or_sum(x, addend, i) - vhi) - vlo;
+    if (weight && bias) return vmuladd(centred * vscale, param_v(weight, storage, i), param_v(bias, storage, i));
+    if (weight) return centred * vscale * param_v(weight, storage, i);
+    if (bias) return vmuladd(centred, vscale, param_v(bias, storage, i));
+    return centred * vscale;
 }
 
 static inline __attribute__((always_inline)) void normalize_span(const E *x, const E *addend, E *y, int64_t n, C hi, C lo, C scale,
