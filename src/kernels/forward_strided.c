@@ -1,3 +1,5 @@
+
+
 /* Forward layer norm / RMS norm over the strided layout x[outer][reduce][inner]
  * with inner > 1 (e.g. the channel axis of NCHW), with the optional fused
  * residual add.  Template: compiled once per (SIMD level, dtype).
@@ -16,9 +18,21 @@
  * into the float64 state: bounds the float rounding for long reductions. */
 #define LN_CHUNK_ROWS 64
 
-/* Positions handled together by forward_columns: enough independent vectors
- * to hide the Welford chain's latency, few enough to stay in registers. */
-#define LN_COLUMN_VECTORS 4
+/* Positions handled together by forward_columns: long runs along each row
+ * for the hardware prefetcher, and enough independent vectors to hide the
+ * Welford chain's latency.  On NCHW (32, 64, 56, 56), 2 threads, 4 vectors
+ * took 1.36x the time of 16 at AVX-512 (1.5x at AVX2, where 16 vectors'
+ * state no longer fits in registers but the runs still win).  Narrower tile
+ * ends fall back to 4 vectors, then 1. */
+#define LN_COLUMN_VECTORS 16
+
+/* Columns narrower than this many bytes prefetch, in pass 1, the same rows
+ * of the next columns and their own output lines: `reduce` rows far apart
+ * are more streams than the hardware prefetcher follows when each gives it
+ * only a few lines at a time.  Measured on NCHW (32, 64, 56, 56), 2 threads:
+ * 16-vector columns at AVX2 (512 B) took 0.83x the time with it; at AVX-512
+ * (1 KB) 1.08x, so they go without. */
+#define LN_PREFETCH_BELOW_BYTES 1024
 
 /* Register-blocked statistics and normalization of `vectors` (a constant
  * after inlining) vectors of positions starting at inner index i: walking
@@ -45,6 +59,12 @@ static inline __attribute__((always_inline)) void forward_columns(const ln_forwa
         for (int64_t r = first; r < last; r++) {
             const int64_t at = base + r * inner;
             const V inv = vbroadcast(recip[r - first]);
+            if (vectors * VL * (int64_t)sizeof(E) < LN_PREFETCH_BELOW_BYTES)
+                for (int64_t line = 0; line < vectors * VL * (int64_t)sizeof(E); line += 64) {
+                    __builtin_prefetch((const char *)(x + at + vectors * VL) + line, 0, 3);
+                    if (residual) __builtin_prefetch((const char *)(residual + at + vectors * VL) + line, 0, 3);
+                    __builtin_prefetch((const char *)((E *)a->y + at) + line, 1, 3);
+                }
             for (int k = 0; k < vectors; k++) {
                 const int64_t p = at + k * VL;
                 if (residual) STOREV(sum_out + p, LOADV(x + p) + LOADV(residual + p));
@@ -168,6 +188,7 @@ int FN(forward_strided)(const ln_forward_args *a)
         int64_t i = 0;
         for (; i + LN_COLUMN_VECTORS * VL <= width; i += LN_COLUMN_VECTORS * VL)
             forward_columns(a, o, i0 + i, LN_COLUMN_VECTORS, recip);
+        for (; i + 4 * VL <= width; i += 4 * VL) forward_columns(a, o, i0 + i, 4, recip);
         for (; i + VL <= width; i += VL) forward_columns(a, o, i0 + i, 1, recip);
         if (i < width) forward_positions(a, o, i0 + i, width - i, recip);
     }
