@@ -260,6 +260,12 @@ static int backward_row_blocks(const ln_backward_args *a)
 /* A group holds at most this many elements per array (at least one row):
  * x and dy of the group are read twice and should stay in L2 in between. */
 #define LN_LONG_GROUP_ELEMENTS (1 << 17)
+/* ... but rows of at most this many bytes go at least two to a group: the
+ * group's dweight/dbias running sums (2 * cols values) are read and written
+ * once per group, which for one row per group cost more than reading x and
+ * dy back from L3 instead of L2.  Float32, 2 threads: (64, 262144) took
+ * 0.93x to 0.96x the time; (32, 524288) 1.04x, so longer rows stay alone. */
+#define LN_LONG_PAIR_MAX_BYTES (1 << 20)
 /* Columns per dx work item. */
 #define LN_LONG_CHUNK 1024
 
@@ -270,7 +276,8 @@ static int backward_long_rows(const ln_backward_args *a)
     const int64_t chunks = (cols + LN_LONG_CHUNK - 1) / LN_LONG_CHUNK;
     const void *weight = a->weight;
     const int storage = a->params_in_storage_type;
-    const int64_t group = ln_rows_per_group(LN_LONG_GROUP_ELEMENTS, cols, LN_GROUP);
+    int64_t group = ln_rows_per_group(LN_LONG_GROUP_ELEMENTS, cols, LN_GROUP);
+    if (group < 2 && cols * (int64_t)sizeof(E) <= LN_LONG_PAIR_MAX_BYTES) group = 2;
     /* dweight/dbias: a few rows are summed in the compute type, in place in
      * the result; more rows are summed in float64, with compute-type running
      * sums of LN_GROUP rows in between (the choice depends on the shape only). */
@@ -288,11 +295,14 @@ static int backward_long_rows(const ln_backward_args *a)
         for (int64_t g0 = 0; g0 < rows; g0 += group) {
             const int64_t count = rows - g0 < group ? rows - g0 : group;
             const int64_t items = count * blocks_per_row;
+            /* items by block, then row: a thread sums the columns it takes
+             * for dx below, so their lines stay in its own caches */
             #pragma omp for schedule(static)
             for (int64_t item = 0; item < items; item++) {
-                const int64_t r = g0 + item / blocks_per_row, start = (item % blocks_per_row) * LN_BLOCK;
+                const int64_t g = item % count, b = item / count;
+                const int64_t r = g0 + g, start = b * LN_BLOCK;
                 const int64_t offset = r * cols + start;
-                partial[item] = block_sums((const E *)a->x + offset, (const E *)a->dy + offset,
+                partial[g * blocks_per_row + b] = block_sums((const E *)a->x + offset, (const E *)a->dy + offset,
                                            param_at(weight, storage, start), storage,
                                            cols - start < LN_BLOCK ? cols - start : LN_BLOCK,
                                            row_mean(a, r), ((const C *)a->rstd)[r]);
