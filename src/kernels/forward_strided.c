@@ -34,12 +34,12 @@
  * (1 KB) 1.08x, so they go without. */
 #define LN_PREFETCH_BELOW_BYTES 1024
 
-/* Register-blocked statistics and normalization of `vectors` (a constant
- * after inlining) vectors of positions starting at inner index i: walking
- * down `reduce`, the shifted Welford state stays in registers (no state
- * loads or stores per row) and is merged into float64 every LN_CHUNK_ROWS
- * rows; then the rows, still in L1, are normalized.  forward_positions does
- * the same arithmetic one position at a time. */
+/* Statistics and normalization of `vectors` (a constant after inlining)
+ * vectors of positions starting at inner index i: walking down `reduce`, the
+ * shifted Welford state stays in registers where they hold it (AVX-512; 16
+ * vectors spill at AVX2 and below) and is merged into float64 every
+ * LN_CHUNK_ROWS rows; then the rows, still in L1 or L2, are normalized.
+ * forward_positions does the same arithmetic one position at a time. */
 static inline __attribute__((always_inline)) void forward_columns(const ln_forward_args *a, int64_t o, int64_t i,
                                                                   const int vectors, const C *recip)
 {
