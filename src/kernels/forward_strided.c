@@ -21,9 +21,9 @@
 /* Positions handled together by forward_columns: long runs along each row
  * for the hardware prefetcher, and enough independent vectors to hide the
  * Welford chain's latency.  On NCHW (32, 64, 56, 56), 2 threads, 4 vectors
- * took 1.36x the time of 16 at AVX-512 (1.5x at AVX2, where 16 vectors'
- * state no longer fits in registers but the runs still win).  Narrower tile
- * ends fall back to 4 vectors, then 1. */
+ * (whose state fits in registers) took 1.36x the time of 16 at AVX-512 and
+ * 1.5x at AVX2: the long runs win over the spills.  Narrower tile ends fall
+ * back to 4 vectors, then 1. */
 #define LN_COLUMN_VECTORS 16
 
 /* Columns narrower than this many bytes prefetch, in pass 1, the same rows
@@ -36,8 +36,8 @@
 
 /* Statistics and normalization of `vectors` (a constant after inlining)
  * vectors of positions starting at inner index i: walking down `reduce`, the
- * shifted Welford state stays in registers where they hold it (AVX-512; 16
- * vectors spill at AVX2 and below) and is merged into float64 every
+ * shifted Welford state is kept in registers as far as they hold it (16
+ * vectors' state partly spills to L1 at every level) and is merged into float64 every
  * LN_CHUNK_ROWS rows; then the rows, still in L1 or L2, are normalized.
  * forward_positions does the same arithmetic one position at a time. */
 static inline __attribute__((always_inline)) void forward_columns(const ln_forward_args *a, int64_t o, int64_t i,
