@@ -47,20 +47,25 @@ def test_against_finite_differences(rng, shape, axes, with_weight):
 @pytest.mark.parametrize("dtype", [FLOAT32, FLOAT64], ids=str)
 @pytest.mark.parametrize("shape, axis", [((7, 1000), -1), ((3, 4097), -1), ((2, 64, 9), 1),
                                          ((4, 6, 5, 33), (1, 2)), ((5, 8, 3), (0, 2)),
-                                         ((1, 50000), -1), ((20, 20001), -1), ((3, 1 << 19), -1)])
+                                         ((1, 50000), -1), ((20, 20001), -1), ((3, 1 << 19), -1),
+                                         ((2, 130, 300), 1)])
 def test_kernel_paths(simd, rng, dtype, shape, axis):
     """Row, strided, transposed and long-row layouts (long rows: one group of
-    rows, several groups summed in float64, several summed in place)."""
+    rows, several groups summed in float64, several summed in place; strided:
+    columns of 16, 4 and 1 vectors and single positions, reduce sums over
+    several chunks of rows)."""
     x = random_array(rng, shape, dtype, offset=3.0)
     dy = random_array(rng, shape, dtype)
     weight = random_params(rng, param_shape(shape, axis), dtype)[0]
     check_layer_norm_backward(x, dy, axis, weight)
 
 
-@pytest.mark.parametrize("shape, axis", [((262144, 8), -1), ((4096, 64, 4), 1), ((512, 8192), -1)])
+@pytest.mark.parametrize("shape, axis", [((262144, 8), -1), ((4096, 64, 4), 1), ((16, 32, 8192), 1),
+                                         ((512, 8192), -1)])
 def test_parameter_gradients_accurate_over_many_rows(simd, rng, shape, axis):
     """float32 dweight/dbias within 1e-5 relative error when summing 262144 rows
-    (row blocks, strided) or 512 long rows (running sums of 8 rows).
+    (row blocks, strided positions one at a time), 131072 strided positions
+    (in columns of vectors) or 512 long rows (running sums of 8 rows).
 
     dy has a large component along xhat and a non-zero mean, so dweight and
     dbias are large sums that a plain float32 accumulation would get wrong."""

@@ -19,6 +19,7 @@ PATH_CASES = [
     pytest.param((20, 20001), -1, id="long-rows-in-groups"),
     pytest.param((1, 1 << 20), -1, id="one-long-row"),
     pytest.param((8, 16, 33, 35), 1, id="strided"),
+    pytest.param((4, 100, 300), 1, id="strided-deep"),
     pytest.param((1, 3, 1 << 18), 1, id="strided-wide"),
     pytest.param((1, 1 << 18, 2), 1, id="strided-long"),
     pytest.param((30, 40, 50), (0, 2), id="transposed"),

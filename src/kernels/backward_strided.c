@@ -95,6 +95,94 @@ static void backward_tile(const ln_backward_args *a, int64_t o, int64_t i0, int6
 #undef LN_WEIGHT
 }
 
+/* Rows of `reduce` summed in the compute type before the sums go to float64. */
+#define LN_CHUNK_ROWS 64
+
+/* Positions handled together by backward_columns (see LN_COLUMN_VECTORS in
+ * forward_strided.c): long runs along each row. */
+#define LN_BACKWARD_COLUMN_VECTORS 16
+
+/* backward_tile's arithmetic for `vectors` (a constant after inlining)
+ * vectors of positions starting at inner index i, with the per-position
+ * state in registers as far as they hold it instead of tile_state: pass 1
+ * sums g and g*xhat down `reduce` in the compute type, into float64 every
+ * LN_CHUNK_ROWS rows; pass 2 writes dx and adds each row's dy*xhat and dy
+ * (summed over these positions) to dweight[r] and dbias[r]. */
+static inline __attribute__((always_inline)) void backward_columns(const ln_backward_args *a, int64_t o, int64_t i,
+                                                                   const int vectors, double *dweight, double *dbias)
+{
+    const int64_t reduce = a->layout.reduce, inner = a->layout.inner;
+    const int64_t base = o * reduce * inner + i, stat = o * inner + i;
+    const int rms = a->mode == LN_MODE_RMS_NORM;
+    const int storage = a->params_in_storage_type;
+    const E *x = (const E *)a->x, *dy = (const E *)a->dy;
+    E *dx = (E *)a->dx;
+    V mean[LN_BACKWARD_COLUMN_VECTORS], rstd[LN_BACKWARD_COLUMN_VECTORS];
+    double sum_g[LN_BACKWARD_COLUMN_VECTORS * VL], sum_gx[LN_BACKWARD_COLUMN_VECTORS * VL];
+    for (int k = 0; k < vectors; k++) {
+        mean[k] = rms ? vbroadcast(0) : vload_c((const C *)a->mean + stat + k * VL);
+        rstd[k] = vload_c((const C *)a->rstd + stat + k * VL);
+    }
+    for (int64_t j = 0; j < vectors * VL; j++) sum_g[j] = sum_gx[j] = 0;
+#define LN_WEIGHT(r) vbroadcast(a->weight ? param_1(a->weight, storage, (r)) : (C)1)
+    for (int64_t first = 0; first < reduce; first += LN_CHUNK_ROWS) {
+        const int64_t last = first + LN_CHUNK_ROWS < reduce ? first + LN_CHUNK_ROWS : reduce;
+        V sg[LN_BACKWARD_COLUMN_VECTORS], sgx[LN_BACKWARD_COLUMN_VECTORS];
+        for (int k = 0; k < vectors; k++) sg[k] = sgx[k] = vbroadcast(0);
+        for (int64_t r = first; r < last; r++) {
+            const int64_t at = base + r * inner;
+            const V w = LN_WEIGHT(r);
+            for (int k = 0; k < vectors; k++) {
+                const V g = LOADV(dy + at + k * VL) * w;
+                sg[k] += g;
+                sgx[k] += g * ((LOADV(x + at + k * VL) - mean[k]) * rstd[k]);
+            }
+        }
+        for (int k = 0; k < vectors; k++) {
+            vd_store(sum_g + k * VL, vd_load(sum_g + k * VL) + vwiden(sg[k]));
+            vd_store(sum_gx + k * VL, vd_load(sum_gx + k * VL) + vwiden(sgx[k]));
+        }
+    }
+    V mean_g[LN_BACKWARD_COLUMN_VECTORS], mean_gx[LN_BACKWARD_COLUMN_VECTORS];
+    for (int k = 0; k < vectors; k++) {
+        C mg[VL], mgx[VL];
+        for (int64_t l = 0; l < VL; l++) {
+            mg[l] = rms ? (C)0 : (C)(sum_g[k * VL + l] / (double)reduce);
+            mgx[l] = (C)(sum_gx[k * VL + l] / (double)reduce);
+        }
+        mean_g[k] = vload_c(mg);
+        mean_gx[k] = vload_c(mgx);
+    }
+    for (int64_t r = 0; r < reduce; r++) {
+        const int64_t at = base + r * inner;
+        const V w = LN_WEIGHT(r);
+        V acc_w = vbroadcast(0), acc_b = vbroadcast(0);
+        for (int k = 0; k < vectors; k++) {
+            const V d = LOADV(dy + at + k * VL);
+            const V xhat = (LOADV(x + at + k * VL) - mean[k]) * rstd[k];
+            STOREV(dx + at + k * VL, rstd[k] * ((d * w - mean_g[k]) - xhat * mean_gx[k]));
+            acc_w += d * xhat;
+            acc_b += d;
+        }
+        dweight[r] += (double)hsum(acc_w);
+        dbias[r] += (double)hsum(acc_b);
+    }
+#undef LN_WEIGHT
+}
+
+/* One work item's positions [i0, i0 + width) of outer index o: whole columns
+ * of vectors, then backward_tile for the positions left. */
+static void backward_item(const ln_backward_args *a, int64_t o, int64_t i0, int64_t width, tile_state *st,
+                          double *dweight, double *dbias)
+{
+    int64_t i = 0;
+    for (; i + LN_BACKWARD_COLUMN_VECTORS * VL <= width; i += LN_BACKWARD_COLUMN_VECTORS * VL)
+        backward_columns(a, o, i0 + i, LN_BACKWARD_COLUMN_VECTORS, dweight, dbias);
+    for (; i + 4 * VL <= width; i += 4 * VL) backward_columns(a, o, i0 + i, 4, dweight, dbias);
+    for (; i + VL <= width; i += VL) backward_columns(a, o, i0 + i, 1, dweight, dbias);
+    if (i < width) backward_tile(a, o, i0 + i, width - i, st, dweight, dbias);
+}
+
 int FN(backward_strided)(const ln_backward_args *a)
 {
     const int64_t outer = a->layout.outer, reduce = a->layout.reduce, inner = a->layout.inner;
@@ -129,7 +217,7 @@ int FN(backward_strided)(const ln_backward_args *a)
             const int64_t width = inner - i0 < LN_TILE ? inner - i0 : LN_TILE;
             const int64_t first = g * per_group, last = first + per_group < outer ? first + per_group : outer;
             double *dweight = partial + 2 * item * reduce, *dbias = dweight + reduce;
-            for (int64_t o = first; o < last; o++) backward_tile(a, o, i0, width, st, dweight, dbias);
+            for (int64_t o = first; o < last; o++) backward_item(a, o, i0, width, st, dweight, dbias);
         }
         free(st);
     }
