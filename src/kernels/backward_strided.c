@@ -4,10 +4,12 @@
  * backward_rows.c, with weight[r] shared by a whole row of `inner`.
  *
  * Work items are (group of outer indices, tile of LN_TILE inner positions);
- * the group size depends on the shape only.  Pass 1 sums g and g*xhat down
- * `reduce` per position (float64); pass 2 writes dx and adds each row's
- * dy*xhat and dy into the item's float64 partial of dweight/dbias; partials
- * are added in item order.  Any thread count gives the same bits.
+ * the group size depends on the shape only.  A tile goes in columns of
+ * vectors (backward_columns), its last positions one by one (backward_tile).
+ * Pass 1 sums g and g*xhat down `reduce` per position (into float64); pass 2
+ * writes dx and adds each row's dy*xhat and dy into the item's float64
+ * partial of dweight/dbias; partials are added in item order.  Any thread
+ * count gives the same bits.
  */
 #include "layernorm/kernel_common.h"
 
@@ -99,7 +101,8 @@ static void backward_tile(const ln_backward_args *a, int64_t o, int64_t i0, int6
 #define LN_CHUNK_ROWS 64
 
 /* Positions handled together by backward_columns (see LN_COLUMN_VECTORS in
- * forward_strided.c): long runs along each row. */
+ * forward_strided.c): long runs along each row; narrow columns prefetch
+ * (LN_PREFETCH_BELOW_BYTES). */
 #define LN_BACKWARD_COLUMN_VECTORS 16
 
 /* backward_tile's arithmetic for `vectors` (a constant after inlining)
@@ -132,6 +135,12 @@ static inline __attribute__((always_inline)) void backward_columns(const ln_back
         for (int64_t r = first; r < last; r++) {
             const int64_t at = base + r * inner;
             const V w = LN_WEIGHT(r);
+            if (vectors * VL * (int64_t)sizeof(E) < LN_PREFETCH_BELOW_BYTES)
+                for (int64_t line = 0; line < vectors * VL * (int64_t)sizeof(E); line += 64) {
+                    __builtin_prefetch((const char *)(x + at + vectors * VL) + line, 0, 3);
+                    __builtin_prefetch((const char *)(dy + at + vectors * VL) + line, 0, 3);
+                    __builtin_prefetch((const char *)(dx + at) + line, 1, 3);
+                }
             for (int k = 0; k < vectors; k++) {
                 const V g = LOADV(dy + at + k * VL) * w;
                 sg[k] += g;

@@ -26,14 +26,6 @@
  * back to 4 vectors, then 1. */
 #define LN_COLUMN_VECTORS 16
 
-/* Columns narrower than this many bytes prefetch, in pass 1, the same rows
- * of the next columns and their own output lines: `reduce` rows far apart
- * are more streams than the hardware prefetcher follows when each gives it
- * only a few lines at a time.  Measured on NCHW (32, 64, 56, 56), 2 threads:
- * 16-vector columns at AVX2 (512 B) took 0.83x the time with it; at AVX-512
- * (1 KB) 1.08x, so they go without. */
-#define LN_PREFETCH_BELOW_BYTES 1024
-
 /* Statistics and normalization of `vectors` (a constant after inlining)
  * vectors of positions starting at inner index i: walking down `reduce`, the
  * shifted Welford state is kept in registers as far as they hold it (16
