@@ -231,6 +231,25 @@ static inline void STOREV(E *p, V v)
                                                31, 29, 27, 25, 23, 21, 19, 17, 15, 13, 11, 9, 7, 5, 3, 1);
     _mm256_storeu_si256((__m256i *)p, _mm512_castsi512_si256(_mm512_permutexvar_epi16(odd_words, top)));
 }
+#elif LN_VECTOR_BYTES == 32 && defined(__AVX2__)
+/* The same in AVX2 intrinsics: GCC's code for the generic vectors below made
+ * bfloat16 (4096, 768) take 2.2x the time of float16 at AVX2. */
+#include <immintrin.h>
+static inline V LOADV(const E *p)
+{
+    const __m256i wide = _mm256_cvtepu16_epi32(_mm_loadu_si128((const __m128i *)p));
+    return (V)_mm256_castsi256_ps(_mm256_slli_epi32(wide, 16));
+}
+static inline void STOREV(E *p, V v)
+{
+    const __m256i bits = _mm256_castps_si256((__m256)v);
+    const __m256i lsb = _mm256_and_si256(_mm256_srli_epi32(bits, 16), _mm256_set1_epi32(1));
+    const __m256i rounded = _mm256_add_epi32(_mm256_add_epi32(bits, _mm256_set1_epi32(0x7FFF)), lsb);
+    const __m256i is_nan = _mm256_castps_si256(_mm256_cmp_ps((__m256)v, (__m256)v, _CMP_UNORD_Q));
+    const __m256i quiet = _mm256_or_si256(bits, _mm256_set1_epi32(0x00400000));
+    const __m256i top = _mm256_srli_epi32(_mm256_blendv_epi8(rounded, quiet, is_nan), 16);
+    _mm_storeu_si128((__m128i *)p, _mm_packus_epi32(_mm256_castsi256_si128(top), _mm256_extracti128_si256(top, 1)));
+}
 #else
 static inline V LOADV(const E *p)
 {
