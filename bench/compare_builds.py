@@ -72,9 +72,12 @@ def main():
     cols = shape[1]
     rng = np.random.default_rng(0)
     x = rng.standard_normal(shape).astype(dtype)
+    # outputs as the library allocates them (64-byte aligned, which streaming needs)
+    from layernorm import _buffer_pool
     arrays = (x, rng.standard_normal(x.shape).astype(dtype), rng.standard_normal(x.shape).astype(dtype),
-              np.ones(cols, compute), np.zeros(cols, compute), np.empty_like(x), np.empty_like(x),
-              np.empty_like(x), np.empty(cols, compute), np.empty(cols, compute),
+              np.ones(cols, compute), np.zeros(cols, compute), _buffer_pool.empty(x.shape, dtype),
+              _buffer_pool.empty(x.shape, dtype), _buffer_pool.empty(x.shape, dtype),
+              _buffer_pool.empty((cols,), compute), _buffer_pool.empty((cols,), compute),
               x.astype(compute).mean(1).ravel(), 1 / x.astype(compute).std(1).ravel())
     calls = {}
     for name, source in (("old", args.old), ("new", args.new)):

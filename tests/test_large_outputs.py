@@ -94,3 +94,24 @@ def test_streamed_fused_add_has_the_bits_of_small_calls(simd, rng, dtype):
         residual = r.copy()
         in_place_y, _ = ln.add_layer_norm(x, residual, -1, weight, bias, sum_out=residual)
         assert residual.tobytes() == s.tobytes() and in_place_y.tobytes() == y.tobytes()
+
+
+def test_streamed_parameter_gradients_of_one_long_row(simd, rng):
+    """One row of 8M float32 values: dweight and dbias (32 MB each, written
+    once) are streamed.  With a single row, dbias is dy itself and dweight is
+    dy * xhat, and the bits do not depend on the thread count."""
+    shape = (1, STREAMED_BYTES // 4)
+    x = (rng.standard_normal(shape) + 5.0).astype(FLOAT32)
+    dy = rng.standard_normal(shape).astype(FLOAT32)
+    weight = random_params(rng, shape[1:], FLOAT32)[0]
+    _, mean, rstd = ln.layer_norm(x, -1, weight, return_stats=True)
+    with use_threads(2):
+        dx, dweight, dbias = ln.layer_norm_backward(dy, x, mean, rstd, -1, weight)
+    assert dweight.ctypes.data % 64 == 0 and dbias.ctypes.data % 64 == 0
+    assert dbias.tobytes() == dy[0].tobytes()
+    xhat = (x[0].astype(np.float64) - mean[0, 0]) * rstd[0, 0]
+    np.testing.assert_allclose(dweight, dy[0] * xhat, rtol=1e-5, atol=1e-6)
+    with use_threads(1):
+        again = ln.layer_norm_backward(dy, x, mean, rstd, -1, weight)
+    for a, b in zip((dx, dweight, dbias), again):
+        assert a.tobytes() == b.tobytes()

@@ -285,25 +285,34 @@ static inline void STORE1(E *p, C c)
  * level, float16/bfloat16 from AVX2 on (a narrowed vector is 16 or 32 bytes;
  * SSE2 has no 8-byte vector stream).  Elsewhere LN_CAN_STREAM is 0 and
  * STREAMV is never called. */
-#if (LN_DT == LN_DT_FLOAT32 || LN_DT == LN_DT_FLOAT64) && (defined(__x86_64__) || defined(__i386__)) && defined(__SSE2__)
+#if (defined(__x86_64__) || defined(__i386__)) && defined(__SSE2__)
 #include <immintrin.h>
-#define LN_CAN_STREAM 1
-static inline void STREAMV(E *p, V v)   /* p aligned to VL * sizeof(E) */
+#define LN_CAN_STREAM_C 1
+/* a compute-type vector (also dweight/dbias), p aligned to LN_VECTOR_BYTES */
+static inline void stream_c(C *p, V v)
 {
-#if LN_DT == LN_DT_FLOAT32 && LN_VECTOR_BYTES == 64
-    _mm512_stream_ps(p, (__m512)v);
-#elif LN_DT == LN_DT_FLOAT64 && LN_VECTOR_BYTES == 64
+#if LN_DT == LN_DT_FLOAT64 && LN_VECTOR_BYTES == 64
     _mm512_stream_pd(p, (__m512d)v);
-#elif LN_DT == LN_DT_FLOAT32 && LN_VECTOR_BYTES == 32
-    _mm256_stream_ps(p, (__m256)v);
+#elif LN_VECTOR_BYTES == 64
+    _mm512_stream_ps(p, (__m512)v);
 #elif LN_DT == LN_DT_FLOAT64 && LN_VECTOR_BYTES == 32
     _mm256_stream_pd(p, (__m256d)v);
-#elif LN_DT == LN_DT_FLOAT32
-    _mm_stream_ps(p, (__m128)v);
-#else
+#elif LN_VECTOR_BYTES == 32
+    _mm256_stream_ps(p, (__m256)v);
+#elif LN_DT == LN_DT_FLOAT64
     _mm_stream_pd(p, (__m128d)v);
+#else
+    _mm_stream_ps(p, (__m128)v);
 #endif
 }
+#else
+#define LN_CAN_STREAM_C 0
+static inline void stream_c(C *p, V v) { vstore_c(p, v); }
+#endif
+
+#if (LN_DT == LN_DT_FLOAT32 || LN_DT == LN_DT_FLOAT64) && LN_CAN_STREAM_C
+#define LN_CAN_STREAM 1
+static inline void STREAMV(E *p, V v) { stream_c(p, v); }   /* p aligned to VL * sizeof(E) */
 static inline void ln_stream_fence(void) { _mm_sfence(); }
 #elif (LN_DT == LN_DT_FLOAT16 || LN_DT == LN_DT_BFLOAT16) && (defined(__x86_64__) || defined(__i386__)) \
     && LN_VECTOR_BYTES >= 32 && defined(__AVX__)
@@ -327,7 +336,12 @@ static inline void ln_stream_fence(void) { _mm_sfence(); }
 #else
 #define LN_CAN_STREAM 0
 static inline void STREAMV(E *p, V v) { STOREV(p, v); }
-static inline void ln_stream_fence(void) {}
+static inline void ln_stream_fence(void)
+{
+#if LN_CAN_STREAM_C
+    _mm_sfence();   /* stream_c may still have been used */
+#endif
+}
 #endif
 
 /* Outputs of at least this many bytes are streamed (beyond any L3 here, so

@@ -87,6 +87,17 @@ static inline int dx_streamed(const ln_backward_args *a)
     return ln_stream_rows(a->dx, a->layout.outer, a->layout.reduce) && (uintptr_t)a->dx % 64 == 0;
 }
 
+/* Stream dweight/dbias (when each is written once, see backward_long_rows)?
+ * The same size rule as ln_stream_rows, and vectors that are all aligned.
+ * Measured on (1, 16777216) float32 with a weight, 2 threads: 0.90x to 0.91x
+ * the time. */
+static inline int params_streamed(const ln_backward_args *a)
+{
+    const int64_t bytes = a->layout.reduce * (int64_t)sizeof(C);
+    return LN_CAN_STREAM_C && bytes >= LN_STREAM_MIN_BYTES && bytes % 64 == 0
+           && (uintptr_t)a->dweight % 64 == 0 && (uintptr_t)a->dbias % 64 == 0;
+}
+
 static inline C row_mean(const ln_backward_args *a, int64_t r)
 {
     return a->mode == LN_MODE_RMS_NORM ? (C)0 : ((const C *)a->mean)[r];
@@ -108,6 +119,7 @@ static inline row_coefficients coefficients(const ln_backward_args *a, int64_t r
 typedef struct {
     C *running_w, *running_b;        /* compute-type running sums, or NULL */
     double *wide_w, *wide_b;         /* float64 sums, or NULL (then running is the result) */
+    int stream;                      /* running is the result, written once: streaming stores */
     int restart;                     /* the running sums start over with this group */
     int flush;                       /* ... and end with it: add them to the float64 sums */
     int first_flush;                 /* the float64 sums start with this flush */
@@ -119,6 +131,8 @@ static inline void sink_one_v(const group_sink *s, C *running, double *wide, int
     if (!s->restart) v += vload_c(running + i);
     if (wide && s->flush)
         vd_store(wide + i, (s->first_flush ? (VD){0} : vd_load(wide + i)) + vwiden(v));
+    else if (running && s->stream)
+        stream_c(running + i, v);
     else if (running)
         vstore_c(running + i, v);
 }
@@ -206,7 +220,7 @@ static void backward_row_block(const ln_backward_args *a, int64_t b, int64_t row
                                               ((const C *)a->rstd)[r]));
         }
         const group_sink sink = {NULL, NULL, partial ? partial + 2 * b * cols : NULL,
-                                 partial ? partial + (2 * b + 1) * cols : NULL, 1, 1, 0};
+                                 partial ? partial + (2 * b + 1) * cols : NULL, 0, 1, 1, 0};
         dx_group(a, g0, count, c, 0, cols, partial ? &sink : NULL, stream);
     }
 }
@@ -287,6 +301,8 @@ static int backward_long_rows(const ln_backward_args *a)
     if (!partial || (wide && !wide_sums)) { free(partial); free(wide_sums); return LN_ERROR_NO_MEMORY; }
     row_coefficients coef[LN_GROUP];
     const int stream = dx_streamed(a);
+    /* one group of rows (a single long row, say) writes dweight/dbias once */
+    const int stream_params = !wide && rows <= group && params_streamed(a);
     /* float64 sums: the groups' compute-type sums go there every LN_GROUP rows */
     const int64_t groups_per_flush = LN_GROUP / group;
 
@@ -319,7 +335,7 @@ static int backward_long_rows(const ln_backward_args *a)
             const int64_t index = g0 / group;    /* this group's number */
             const group_sink sink = {(C *)a->dweight, (C *)a->dbias,
                                      wide && a->dweight ? wide_sums : NULL, wide && a->dbias ? wide_sums + cols : NULL,
-                                     index % groups_per_flush == 0,
+                                     stream_params, index % groups_per_flush == 0,
                                      index % groups_per_flush == groups_per_flush - 1 || g0 + group >= rows,
                                      index < groups_per_flush};
             #pragma omp for schedule(static)
@@ -329,7 +345,7 @@ static int backward_long_rows(const ln_backward_args *a)
                          a->dweight || a->dbias ? &sink : NULL, stream);
             }
         }
-        if (stream) ln_stream_fence();
+        if (stream || stream_params) ln_stream_fence();
         if (wide) {
             #pragma omp for schedule(static)
             for (int64_t j = 0; j < cols; j++) ln_sum_partials(a, wide_sums, 1, j);
