@@ -52,25 +52,33 @@ def test_streamed_outputs_have_the_bits_of_small_calls(simd, rng, dtype, rows_ki
         assert ln.layer_norm(x, -1, weight, bias).tobytes() == fresh.tobytes()
 
 
+def backward_at_two_threads(rng, shape, dtype):
+    """A backward call of the given shape at 2 threads, checked to give the
+    same bits at 1 thread: its inputs (x, dy, mean, rstd, weight) and outputs
+    (dx, dweight, dbias)."""
+    x = (rng.standard_normal(shape) + 5.0).astype(dtype)
+    dy = rng.standard_normal(shape).astype(dtype)
+    weight = random_params(rng, shape[1:], dtype)[0]
+    _, mean, rstd = ln.layer_norm(x, -1, weight, return_stats=True)
+    with use_threads(2):
+        grads = ln.layer_norm_backward(dy, x, mean, rstd, -1, weight)
+    with use_threads(1):
+        again = ln.layer_norm_backward(dy, x, mean, rstd, -1, weight)
+    for a, b in zip(grads, again):
+        assert a.tobytes() == b.tobytes(), "1 and 2 threads differ"
+    return (x, dy, mean, rstd, weight), grads
+
+
 @pytest.mark.parametrize("dtype", ALL_DTYPES)
 @pytest.mark.parametrize("rows_kind", ["row blocks", "long rows"])
 def test_streamed_backward_has_the_bits_of_small_calls(simd, rng, dtype, rows_kind):
     """dx of 32 MB comes from the (64-byte aligned) buffer pool and is streamed."""
     cols = 4096 if rows_kind == "row blocks" else 131072
     shape = (STREAMED_BYTES // (cols * np.dtype(dtype).itemsize), cols)
-    x = (rng.standard_normal(shape) + 5.0).astype(dtype)
-    dy = rng.standard_normal(shape).astype(dtype)
-    weight = random_params(rng, shape[1:], dtype)[0]
-    _, mean, rstd = ln.layer_norm(x, -1, weight, return_stats=True)
-    with use_threads(2):
-        dx, dweight, dbias = ln.layer_norm_backward(dy, x, mean, rstd, -1, weight)
+    (x, dy, mean, rstd, weight), (dx, _, _) = backward_at_two_threads(rng, shape, dtype)
     assert dx.ctypes.data % 64 == 0, "large outputs should come from the aligned pool"
     small = ln.layer_norm_backward(dy[:3], x[:3], mean[:3], rstd[:3], -1, weight)[0]
     assert dx[:3].tobytes() == small.tobytes()
-    with use_threads(1):
-        again = ln.layer_norm_backward(dy, x, mean, rstd, -1, weight)
-    for a, b in zip((dx, dweight, dbias), again):
-        assert a.tobytes() == b.tobytes()
 
 
 @pytest.mark.parametrize("dtype", ALL_DTYPES)
@@ -101,17 +109,8 @@ def test_streamed_parameter_gradients_of_one_long_row(simd, rng):
     once) are streamed.  With a single row, dbias is dy itself and dweight is
     dy * xhat, and the bits do not depend on the thread count."""
     shape = (1, STREAMED_BYTES // 4)
-    x = (rng.standard_normal(shape) + 5.0).astype(FLOAT32)
-    dy = rng.standard_normal(shape).astype(FLOAT32)
-    weight = random_params(rng, shape[1:], FLOAT32)[0]
-    _, mean, rstd = ln.layer_norm(x, -1, weight, return_stats=True)
-    with use_threads(2):
-        dx, dweight, dbias = ln.layer_norm_backward(dy, x, mean, rstd, -1, weight)
+    (x, dy, mean, rstd, _), (_, dweight, dbias) = backward_at_two_threads(rng, shape, FLOAT32)
     assert dweight.ctypes.data % 64 == 0 and dbias.ctypes.data % 64 == 0
     assert dbias.tobytes() == dy[0].tobytes()
     xhat = (x[0].astype(np.float64) - mean[0, 0]) * rstd[0, 0]
     np.testing.assert_allclose(dweight, dy[0] * xhat, rtol=1e-5, atol=1e-6)
-    with use_threads(1):
-        again = ln.layer_norm_backward(dy, x, mean, rstd, -1, weight)
-    for a, b in zip((dx, dweight, dbias), again):
-        assert a.tobytes() == b.tobytes()

@@ -113,8 +113,8 @@ static inline row_coefficients coefficients(const ln_backward_args *a, int64_t r
 
 /* Where a group's dweight/dbias column sums go, per array (dweight, dbias):
  * into a float64 sum, directly or through a running sum in the compute type
- * that collects a few groups of rows first (it halves the traffic of long
- * rows, whose groups hold one row).  Row blocks: straight into their
+ * that collects a few groups of rows first (it cuts the traffic of long
+ * rows, whose groups hold one or two rows).  Row blocks: straight into their
  * partials.  A few long rows: the running sum is the result itself. */
 typedef struct {
     C *running_w, *running_b;        /* compute-type running sums, or NULL */

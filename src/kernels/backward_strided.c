@@ -97,14 +97,6 @@ static void backward_tile(const ln_backward_args *a, int64_t o, int64_t i0, int6
 #undef LN_WEIGHT
 }
 
-/* Rows of `reduce` summed in the compute type before the sums go to float64. */
-#define LN_CHUNK_ROWS 64
-
-/* Positions handled together by backward_columns (see LN_COLUMN_VECTORS in
- * forward_strided.c): long runs along each row; narrow columns prefetch
- * (LN_PREFETCH_BELOW_BYTES). */
-#define LN_BACKWARD_COLUMN_VECTORS 16
-
 /* backward_tile's arithmetic for `vectors` (a constant after inlining)
  * vectors of positions starting at inner index i, with the per-position
  * state in registers as far as they hold it instead of tile_state: pass 1
@@ -120,8 +112,8 @@ static inline __attribute__((always_inline)) void backward_columns(const ln_back
     const int storage = a->params_in_storage_type;
     const E *x = (const E *)a->x, *dy = (const E *)a->dy;
     E *dx = (E *)a->dx;
-    V mean[LN_BACKWARD_COLUMN_VECTORS], rstd[LN_BACKWARD_COLUMN_VECTORS];
-    double sum_g[LN_BACKWARD_COLUMN_VECTORS * VL], sum_gx[LN_BACKWARD_COLUMN_VECTORS * VL];
+    V mean[LN_COLUMN_VECTORS], rstd[LN_COLUMN_VECTORS];
+    double sum_g[LN_COLUMN_VECTORS * VL], sum_gx[LN_COLUMN_VECTORS * VL];
     for (int k = 0; k < vectors; k++) {
         mean[k] = rms ? vbroadcast(0) : vload_c((const C *)a->mean + stat + k * VL);
         rstd[k] = vload_c((const C *)a->rstd + stat + k * VL);
@@ -130,17 +122,13 @@ static inline __attribute__((always_inline)) void backward_columns(const ln_back
 #define LN_WEIGHT(r) vbroadcast(a->weight ? param_1(a->weight, storage, (r)) : (C)1)
     for (int64_t first = 0; first < reduce; first += LN_CHUNK_ROWS) {
         const int64_t last = first + LN_CHUNK_ROWS < reduce ? first + LN_CHUNK_ROWS : reduce;
-        V sg[LN_BACKWARD_COLUMN_VECTORS], sgx[LN_BACKWARD_COLUMN_VECTORS];
+        V sg[LN_COLUMN_VECTORS], sgx[LN_COLUMN_VECTORS];
         for (int k = 0; k < vectors; k++) sg[k] = sgx[k] = vbroadcast(0);
         for (int64_t r = first; r < last; r++) {
             const int64_t at = base + r * inner;
             const V w = LN_WEIGHT(r);
-            if (vectors * VL * (int64_t)sizeof(E) < LN_PREFETCH_BELOW_BYTES)
-                for (int64_t line = 0; line < vectors * VL * (int64_t)sizeof(E); line += 64) {
-                    __builtin_prefetch((const char *)(x + at + vectors * VL) + line, 0, 3);
-                    __builtin_prefetch((const char *)(dy + at + vectors * VL) + line, 0, 3);
-                    __builtin_prefetch((const char *)(dx + at) + line, 1, 3);
-                }
+            ln_prefetch_column(x + at + vectors * VL, dy + at + vectors * VL, dx + at,
+                               vectors * VL * (int64_t)sizeof(E));
             for (int k = 0; k < vectors; k++) {
                 const V g = LOADV(dy + at + k * VL) * w;
                 sg[k] += g;
@@ -152,7 +140,7 @@ static inline __attribute__((always_inline)) void backward_columns(const ln_back
             vd_store(sum_gx + k * VL, vd_load(sum_gx + k * VL) + vwiden(sgx[k]));
         }
     }
-    V mean_g[LN_BACKWARD_COLUMN_VECTORS], mean_gx[LN_BACKWARD_COLUMN_VECTORS];
+    V mean_g[LN_COLUMN_VECTORS], mean_gx[LN_COLUMN_VECTORS];
     for (int k = 0; k < vectors; k++) {
         C mg[VL], mgx[VL];
         for (int64_t l = 0; l < VL; l++) {
@@ -185,8 +173,8 @@ static void backward_item(const ln_backward_args *a, int64_t o, int64_t i0, int6
                           double *dweight, double *dbias)
 {
     int64_t i = 0;
-    for (; i + LN_BACKWARD_COLUMN_VECTORS * VL <= width; i += LN_BACKWARD_COLUMN_VECTORS * VL)
-        backward_columns(a, o, i0 + i, LN_BACKWARD_COLUMN_VECTORS, dweight, dbias);
+    for (; i + LN_COLUMN_VECTORS * VL <= width; i += LN_COLUMN_VECTORS * VL)
+        backward_columns(a, o, i0 + i, LN_COLUMN_VECTORS, dweight, dbias);
     for (; i + 4 * VL <= width; i += 4 * VL) backward_columns(a, o, i0 + i, 4, dweight, dbias);
     for (; i + VL <= width; i += VL) backward_columns(a, o, i0 + i, 1, dweight, dbias);
     if (i < width) backward_tile(a, o, i0 + i, width - i, st, dweight, dbias);

@@ -1,5 +1,3 @@
-
-
 /* Forward layer norm / RMS norm over the strided layout x[outer][reduce][inner]
  * with inner > 1 (e.g. the channel axis of NCHW), with the optional fused
  * residual add.  Template: compiled once per (SIMD level, dtype).
@@ -13,18 +11,6 @@
  * gives the same bits.
  */
 #include "layernorm/kernel_common.h"
-
-/* Rows of `reduce` folded into the float Welford state before it is merged
- * into the float64 state: bounds the float rounding for long reductions. */
-#define LN_CHUNK_ROWS 64
-
-/* Positions handled together by forward_columns: long runs along each row
- * for the hardware prefetcher, and enough independent vectors to hide the
- * Welford chain's latency.  On NCHW (32, 64, 56, 56), 2 threads, 4 vectors
- * (whose state fits in registers) took 1.36x the time of 16 at AVX-512 and
- * 1.5x at AVX2: the long runs win over the spills.  Narrower tile ends fall
- * back to 4 vectors, then 1. */
-#define LN_COLUMN_VECTORS 16
 
 /* Statistics and normalization of `vectors` (a constant after inlining)
  * vectors of positions starting at inner index i: walking down `reduce`, the
@@ -51,12 +37,8 @@ static inline __attribute__((always_inline)) void forward_columns(const ln_forwa
         for (int64_t r = first; r < last; r++) {
             const int64_t at = base + r * inner;
             const V inv = vbroadcast(recip[r - first]);
-            if (vectors * VL * (int64_t)sizeof(E) < LN_PREFETCH_BELOW_BYTES)
-                for (int64_t line = 0; line < vectors * VL * (int64_t)sizeof(E); line += 64) {
-                    __builtin_prefetch((const char *)(x + at + vectors * VL) + line, 0, 3);
-                    if (residual) __builtin_prefetch((const char *)(residual + at + vectors * VL) + line, 0, 3);
-                    __builtin_prefetch((const char *)((E *)a->y + at) + line, 1, 3);
-                }
+            ln_prefetch_column(x + at + vectors * VL, residual ? residual + at + vectors * VL : NULL,
+                               (const E *)a->y + at, vectors * VL * (int64_t)sizeof(E));
             for (int k = 0; k < vectors; k++) {
                 const int64_t p = at + k * VL;
                 if (residual) STOREV(sum_out + p, LOADV(x + p) + LOADV(residual + p));

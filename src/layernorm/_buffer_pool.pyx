@@ -75,7 +75,8 @@ cdef void *pool_malloc(void *ctx, size_t size) noexcept nogil:
         PyThread_release_lock(p.lock)
         if block != NULL:
             return block
-        # on whole cache lines: the kernels stream large outputs that are
+        # on a cache line: the kernels stream (non-temporal stores) large
+        # outputs only when their vectors are aligned
         if posix_memalign(&block, 64, size) != 0:
             return NULL
         return block
