@@ -10,7 +10,7 @@
  * the same source gives SSE2, AVX2+FMA or AVX-512 code (and portable code on
  * other architectures).  This header defines, for the dtype being built:
  *   E  storage type            C  compute type (float, or double for f64)
- *   V  vector of C, VL lanes   VD vector of VL doubles (wide accumulators)
+ *   V  vector of C, VL lanes   vd_add_widened  V added into VL doubles
  *   LOADV/STOREV/LOAD1/STORE1  conversions between storage and compute type
  *   FN(name)                   ln_<name>_<dtype>_<isa>, the exported symbols
  */
@@ -46,14 +46,39 @@ typedef float C;
 
 #define VL ((int64_t)(LN_VECTOR_BYTES / sizeof(C)))
 typedef C V __attribute__((vector_size(LN_VECTOR_BYTES)));
-typedef double VD __attribute__((vector_size(LN_VECTOR_BYTES / sizeof(C) * sizeof(double))));
 
 static inline V vbroadcast(C c) { return (V){0} + c; }
 static inline V vload_c(const C *p) { V v; memcpy(&v, p, sizeof v); return v; }
 static inline void vstore_c(C *p, V v) { memcpy(p, &v, sizeof v); }
-static inline VD vd_load(const double *p) { VD v; memcpy(&v, p, sizeof v); return v; }
-static inline void vd_store(double *p, VD v) { memcpy(p, &v, sizeof v); }
-static inline VD vwiden(V v) { return __builtin_convertvector(v, VD); }
+/* p[0, VL) += v in float64 (or = v, when first).  Written in native-width
+ * double vectors: a float32 V widens to two of them, and GCC compiled the
+ * generic double-width vector through 16-byte stack pieces whose
+ * store-forwarding stalls cost the AVX2 row backward a third of its time. */
+typedef double VDN __attribute__((vector_size(LN_VECTOR_BYTES)));
+typedef double VDN_unaligned __attribute__((vector_size(LN_VECTOR_BYTES), aligned(8), may_alias));
+static inline void vd_add_half(double *p, VDN v, int first)
+{
+    if (!first) v += *(const VDN_unaligned *)p;
+    *(VDN_unaligned *)p = v;
+}
+static inline void vd_add_widened(double *p, V v, int first)
+{
+#if LN_DT == LN_DT_FLOAT64
+    vd_add_half(p, v, first);
+#else
+    typedef float VH __attribute__((vector_size(LN_VECTOR_BYTES / 2)));
+#if LN_VECTOR_BYTES == 64
+    const VH lo = __builtin_shufflevector(v, v, 0, 1, 2, 3, 4, 5, 6, 7);
+    const VH hi = __builtin_shufflevector(v, v, 8, 9, 10, 11, 12, 13, 14, 15);
+#elif LN_VECTOR_BYTES == 32
+    const VH lo = __builtin_shufflevector(v, v, 0, 1, 2, 3), hi = __builtin_shufflevector(v, v, 4, 5, 6, 7);
+#else
+    const VH lo = __builtin_shufflevector(v, v, 0, 1), hi = __builtin_shufflevector(v, v, 2, 3);
+#endif
+    vd_add_half(p, __builtin_convertvector(lo, VDN), first);
+    vd_add_half(p + VL / 2, __builtin_convertvector(hi, VDN), first);
+#endif
+}
 
 /* a * b + c, fused where the level has FMA.  Written out where the same
  * element can be computed by two copies of one expression (a streamed row's
@@ -481,16 +506,6 @@ static inline C hsum(V v)
 {
     /* fixed pairwise order, independent of the compiler's reduction choice */
     C lanes[VL];
-    memcpy(lanes, &v, sizeof lanes);
-    for (int64_t width = VL / 2; width >= 1; width /= 2)
-#pragma GCC ivdep   /* lanes [0, width) and [width, 2 width) do not overlap */
-        for (int64_t i = 0; i < width; i++) lanes[i] += lanes[i + width];
-    return lanes[0];
-}
-
-static inline double hsum_d(VD v)
-{
-    double lanes[VL];
     memcpy(lanes, &v, sizeof lanes);
     for (int64_t width = VL / 2; width >= 1; width /= 2)
 #pragma GCC ivdep   /* lanes [0, width) and [width, 2 width) do not overlap */

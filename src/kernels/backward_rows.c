@@ -130,7 +130,7 @@ static inline void sink_one_v(const group_sink *s, C *running, double *wide, int
     if (!running && !wide) return;   /* not wanted */
     if (!s->restart) v += vload_c(running + i);
     if (wide && s->flush)
-        vd_store(wide + i, (s->first_flush ? (VD){0} : vd_load(wide + i)) + vwiden(v));
+        vd_add_widened(wide + i, v, s->first_flush);
     else if (running && s->stream)
         stream_c(running + i, v);
     else if (running)

@@ -36,8 +36,8 @@ static inline void sum_row(tile_state *st, const E *x, const E *dy, C w, int64_t
     for (; i + VL <= width; i += VL) {
         const V g = LOADV(dy + i) * vw;
         const V xhat = (LOADV(x + i) - vload_c(st->mean + i)) * vload_c(st->rstd + i);
-        vd_store(st->sum_g + i, vd_load(st->sum_g + i) + vwiden(g));
-        vd_store(st->sum_gx + i, vd_load(st->sum_gx + i) + vwiden(g * xhat));
+        vd_add_widened(st->sum_g + i, g, 0);
+        vd_add_widened(st->sum_gx + i, g * xhat, 0);
     }
     for (; i < width; i++) {
         const C g = LOAD1(dy + i) * w;
@@ -136,8 +136,8 @@ static inline __attribute__((always_inline)) void backward_columns(const ln_back
             }
         }
         for (int k = 0; k < vectors; k++) {
-            vd_store(sum_g + k * VL, vd_load(sum_g + k * VL) + vwiden(sg[k]));
-            vd_store(sum_gx + k * VL, vd_load(sum_gx + k * VL) + vwiden(sgx[k]));
+            vd_add_widened(sum_g + k * VL, sg[k], 0);
+            vd_add_widened(sum_gx + k * VL, sgx[k], 0);
         }
     }
     V mean_g[LN_COLUMN_VECTORS], mean_gx[LN_COLUMN_VECTORS];
