@@ -66,14 +66,14 @@ static inline void vd_add_widened(double *p, V v, int first)
 #if LN_DT == LN_DT_FLOAT64
     vd_add_half(p, v, first);
 #else
-    typedef float VH __attribute__((vector_size(LN_VECTOR_BYTES / 2)));
+    typedef float VFH __attribute__((vector_size(LN_VECTOR_BYTES / 2)));
 #if LN_VECTOR_BYTES == 64
-    const VH lo = __builtin_shufflevector(v, v, 0, 1, 2, 3, 4, 5, 6, 7);
-    const VH hi = __builtin_shufflevector(v, v, 8, 9, 10, 11, 12, 13, 14, 15);
+    const VFH lo = __builtin_shufflevector(v, v, 0, 1, 2, 3, 4, 5, 6, 7);
+    const VFH hi = __builtin_shufflevector(v, v, 8, 9, 10, 11, 12, 13, 14, 15);
 #elif LN_VECTOR_BYTES == 32
-    const VH lo = __builtin_shufflevector(v, v, 0, 1, 2, 3), hi = __builtin_shufflevector(v, v, 4, 5, 6, 7);
+    const VFH lo = __builtin_shufflevector(v, v, 0, 1, 2, 3), hi = __builtin_shufflevector(v, v, 4, 5, 6, 7);
 #else
-    const VH lo = __builtin_shufflevector(v, v, 0, 1), hi = __builtin_shufflevector(v, v, 2, 3);
+    const VFH lo = __builtin_shufflevector(v, v, 0, 1), hi = __builtin_shufflevector(v, v, 2, 3);
 #endif
     vd_add_half(p, __builtin_convertvector(lo, VDN), first);
     vd_add_half(p + VL / 2, __builtin_convertvector(hi, VDN), first);
