@@ -399,6 +399,25 @@ static inline int ln_stream_rows(const void *y, int64_t rows, int64_t cols)
 /* Below this many elements a call stays on one thread: waking threads costs
  * more than it saves. */
 #define LN_PARALLEL_MIN_ELEMENTS 32768
+
+/* Work items per dynamically scheduled chunk, for `items` items of
+ * `elements` elements each: at least LN_CHUNKS_PER_THREAD chunks per thread,
+ * of at most LN_DYNAMIC_CHUNK_ELEMENTS.  Dynamic, not static: on a machine
+ * whose cores other processes also use, a thread that loses its core for a
+ * while no longer holds up the whole call; the others take its remaining
+ * chunks.  (Items are independent, so the bits do not depend on which
+ * thread takes which chunk.)  Large chunks: 256K-element chunks took 1.06x
+ * to 1.18x the time of static scheduling on an idle machine, 1M-element
+ * ones 0.97x to 0.98x. */
+#define LN_DYNAMIC_CHUNK_ELEMENTS (1 << 20)
+#define LN_CHUNKS_PER_THREAD 8
+static inline int64_t ln_dynamic_chunk(int64_t items, int64_t elements, int threads)
+{
+    int64_t chunk = LN_DYNAMIC_CHUNK_ELEMENTS / (elements > 0 ? elements : 1);
+    const int64_t balanced = items / ((int64_t)LN_CHUNKS_PER_THREAD * (threads > 0 ? threads : 1));
+    if (chunk > balanced) chunk = balanced;
+    return chunk < 1 ? 1 : chunk;
+}
 /* Width of the inner tile of the strided layout (elements). */
 #define LN_TILE 256
 /* Strided-layout columns narrower than this many bytes prefetch, in their

@@ -249,9 +249,10 @@ static int backward_row_blocks(const ln_backward_args *a)
         free(partial);
         return LN_OK;
     }
+    const int64_t chunk = ln_dynamic_chunk(blocks, rows_per_block * cols, a->num_threads);
     #pragma omp parallel num_threads(a->num_threads)
     {
-        #pragma omp for schedule(static)
+        #pragma omp for schedule(dynamic, chunk)
         for (int64_t b = 0; b < blocks; b++) backward_row_block(a, b, rows_per_block, group, partial, stream);
         if (stream) ln_stream_fence();
         if (want_params) {

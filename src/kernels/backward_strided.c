@@ -200,6 +200,8 @@ int FN(backward_strided)(const ln_backward_args *a)
     if (!partial) return LN_ERROR_NO_MEMORY;
     int status = LN_OK;
 
+    const int64_t chunk = ln_dynamic_chunk(items, per_group * reduce * (inner < LN_TILE ? inner : LN_TILE),
+                                           a->num_threads);
     #pragma omp parallel num_threads(a->num_threads) if (ln_parallel_if(outer * reduce * inner, a->num_threads))
     {
         tile_state *st = malloc(sizeof *st);   /* once per thread, not per item */
@@ -207,7 +209,7 @@ int FN(backward_strided)(const ln_backward_args *a)
             #pragma omp atomic write
             status = LN_ERROR_NO_MEMORY;
         }
-        #pragma omp for schedule(static)
+        #pragma omp for schedule(dynamic, chunk)
         for (int64_t item = 0; item < items; item++) {
             if (!st) continue;
             const int64_t g = item / tiles, i0 = (item % tiles) * LN_TILE;

@@ -220,9 +220,10 @@ int FN(forward_rows)(const ln_forward_args *a)
         if (streams.y) ln_stream_fence();
         return LN_OK;
     }
+    const int64_t chunk = ln_dynamic_chunk(groups, group * cols, a->num_threads);
     #pragma omp parallel num_threads(a->num_threads)
     {
-        #pragma omp for schedule(static)
+        #pragma omp for schedule(dynamic, chunk)
         for (int64_t g = 0; g < groups; g++) LN_GROUP_AT(g);
         /* once per thread: a fence per group would wait for its lines each time */
         if (streams.y) ln_stream_fence();

@@ -154,7 +154,8 @@ int FN(forward_strided)(const ln_forward_args *a)
     C recip[LN_CHUNK_ROWS];
     for (int64_t r = 0; r < LN_CHUNK_ROWS; r++) recip[r] = (C)1 / (C)(r + 1);
 
-    #pragma omp parallel for schedule(static) num_threads(a->num_threads) \
+    const int64_t chunk = ln_dynamic_chunk(items, reduce * (inner < LN_TILE ? inner : LN_TILE), a->num_threads);
+    #pragma omp parallel for schedule(dynamic, chunk) num_threads(a->num_threads) \
         if (ln_parallel_if(outer * reduce * inner, a->num_threads))
     for (int64_t item = 0; item < items; item++) {
         const int64_t o = item / tiles, i0 = (item % tiles) * LN_TILE;
