@@ -9,8 +9,9 @@ Method (per group of callables that are compared with each other):
    ``batch`` back-to-back calls so one sample lasts about ``sample_time``; the
    sample's per-call time is batch time / batch.  Slow callables: batch = 1.
 3. Rounds: the callables take turns, ``rounds`` times.  In each turn a callable
-   gets one untimed warm call (after a short pause that lets other libraries'
-   spinning worker threads go to sleep), then samples until it has at least
+   gets one untimed warm call (after a pause that lets the worker threads of
+   the previous callable's library stop spinning: see ``wait_for_idle``), then
+   samples until it has at least
    ``min_iters / rounds`` samples *and* ``min_time / rounds`` seconds, or until
    ``max_time / rounds`` seconds have passed (at least one sample).
 4. The result is the median of all per-call sample times (plus quartiles).
@@ -36,12 +37,13 @@ class TimingConfig:
     max_time: float = 0.6       # seconds per callable, cap (summed over rounds)
     rounds: int = 3
     sample_time: float = 2e-4   # tiny calls are batched up to this per sample
-    pause: float = 0.003        # seconds of sleep before each turn
+    pause: float = 0.003        # seconds of sleep before each turn ...
+    idle_wait: float = 0.25     # ... then at most this long until no thread spins
 
     @classmethod
     def quick(cls):
         return cls(warmup=0, min_iters=4, min_time=0.02, max_time=0.08, rounds=2,
-                   sample_time=1e-4, pause=0.002)
+                   sample_time=1e-4, pause=0.002, idle_wait=0.05)
 
 
 @dataclass
@@ -95,6 +97,24 @@ def _calibrate(fn, cfg):
     return max(1, math.ceil(cfg.sample_time / max(per_call, 1e-9))), per_call, None
 
 
+def wait_for_idle(cfg):
+    """Sleep ``cfg.pause``, then until the process's threads use almost no CPU.
+
+    Thread pools keep spinning after a call: ONNX Runtime's for about 50 ms,
+    which on a 2-core machine took one core from whatever ran next (a fused
+    add measured 1.3x slower when it followed ONNX Runtime's turn than when
+    it did not).  A 5 ms window with under 0.5 ms of process CPU time means
+    every thread is asleep; the wait ends there, or after ``cfg.idle_wait``.
+    """
+    time.sleep(cfg.pause)
+    deadline = _clock() + cfg.idle_wait
+    while _clock() < deadline:
+        cpu = time.process_time()
+        time.sleep(0.005)
+        if time.process_time() - cpu < 0.0005:
+            return
+
+
 def _sample(fn, batch):
     if batch == 1:
         t0 = _clock()
@@ -122,7 +142,7 @@ def measure(fns, cfg):
         for _ in range(rounds):
             for k, f in fns.items():
                 batch, per_call, _ = calib[k]
-                time.sleep(cfg.pause)
+                wait_for_idle(cfg)
                 if per_call < 5e-3:    # slower calls do not fit in cache anyway
                     f()
                     calls[k] += 1
