@@ -65,3 +65,14 @@ def test_new_blocks_start_on_a_cache_line():
         a = _buffer_pool.empty((size // 4,), np.float32)
         assert a.ctypes.data % 64 == 0
         del a
+
+
+def test_blocks_of_4_mb_and_more_start_on_a_huge_page():
+    """They are advised to use transparent huge pages, as NumPy's own large
+    arrays are; that needs them to start on a 2 MB boundary."""
+    for size in (4 << 20, (5 << 20) + 12):
+        a = _buffer_pool.empty((size // 4,), np.float32)
+        assert a.ctypes.data % (2 << 20) == 0
+        a[:] = 1.5
+        assert np.all(a == 1.5)
+        del a

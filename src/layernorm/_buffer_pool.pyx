@@ -44,7 +44,31 @@ cdef extern from "numpy/ndarraytypes.h":
 cdef extern from "numpy/arrayobject.h":
     object PyDataMem_SetHandler(object handler)
 
+cdef extern from *:
+    """
+    #include <stddef.h>
+    #if defined(__linux__)
+    #include <sys/mman.h>
+    #endif
+    /* Ask for transparent huge pages, as NumPy does for its own arrays of
+     * 4 MB and more (THP in "madvise" mode gives them to no one else). */
+    static void ln_advise_huge_pages(void *block, size_t size)
+    {
+    #if defined(__linux__) && defined(MADV_HUGEPAGE)
+        madvise(block, size, MADV_HUGEPAGE);
+    #else
+        (void)block; (void)size;
+    #endif
+    }
+    """
+    void ln_advise_huge_pages(void *block, size_t size) nogil
+
 DEF SLOTS = 8
+# blocks of at least this size start on a huge page and are advised to use
+# huge pages: with 4 KB pages a (16384, 1024) float32 layer_norm writing a
+# pooled output took 1.05x-1.27x the time of one writing a NumPy array
+DEF HUGE_PAGE_MIN_BYTES = 4 << 20
+DEF HUGE_PAGE_BYTES = 2 << 20
 MIN_POOLED_BYTES = 1 << 20
 
 cdef struct Pool:
@@ -77,6 +101,11 @@ cdef void *pool_malloc(void *ctx, size_t size) noexcept nogil:
             return block
         # on a cache line: the kernels stream (non-temporal stores) large
         # outputs only when their vectors are aligned
+        if size >= HUGE_PAGE_MIN_BYTES:
+            if posix_memalign(&block, HUGE_PAGE_BYTES, size) != 0:
+                return NULL
+            ln_advise_huge_pages(block, size)
+            return block
         if posix_memalign(&block, 64, size) != 0:
             return NULL
         return block
