@@ -6,7 +6,7 @@ import pytest
 import layernorm as ln
 from conftest import (FLOAT32, FLOAT64, LAYOUTS, assert_close, axis_sets, check_layer_norm,
                       in_layout, keepdims_shape, negative_form, param_shape, random_array,
-                      random_params, ref, shape_axis_cases, stats_dtype)
+                      random_params, ref, shape_axis_cases, stats_dtype, use_threads)
 
 SHAPES = [(7,), (4, 6), (3, 5, 4), (2, 3, 4, 5), (3, 1, 4, 2)]
 FLOATS = [FLOAT32, FLOAT64]
@@ -274,6 +274,19 @@ def test_extreme_magnitudes(simd, rng):
         y = ln.layer_norm(x, eps=0.0)
         assert np.all(np.isfinite(y)), scale
         assert_close(y, ref.layer_norm(x, eps=0.0)[0], tol=2e-6, what=f"scale {scale}")
+
+
+@pytest.mark.parametrize("shape, axis", [((4, 300), -1), ((3, 5000), -1), ((2, 40000), -1),
+                                         ((300, 4), 0), ((3, 300, 70), 1)],
+                         ids=["short rows", "long rows", "split rows", "strided", "strided columns"])
+def test_sums_of_squares_beyond_float32(simd, rng, shape, axis):
+    """n * variance above the float32 range (std 1e36): the float32 sums
+    overflow, and the row (or position) is summed again in float64 instead
+    of normalizing to zeros, on every path."""
+    x = random_array(rng, shape, FLOAT64, scale=1e36).astype(np.float32)
+    with use_threads(2):
+        assert_close(ln.layer_norm(x, axis, eps=0.0), ref.layer_norm(x, axis, eps=0.0)[0], tol=2e-6)
+        assert_close(ln.rms_norm(x, axis, eps=0.0), ref.rms_norm(x, axis, eps=0.0)[0], tol=2e-6)
 
 
 def test_non_finite_values_propagate(simd):

@@ -13,6 +13,7 @@
  *   V  vector of C, VL lanes   vd_add_widened  V added into VL doubles
  *   LOADV/STOREV/LOAD1/STORE1  conversions between storage and compute type
  *   FN(name)                   ln_<name>_<dtype>_<isa>, the exported symbols
+ * and includes lanes.h (reductions across a vector's lanes).
  */
 #ifndef LAYERNORM_KERNEL_COMMON_H
 #define LAYERNORM_KERNEL_COMMON_H
@@ -587,15 +588,6 @@ static inline int ln_parallel_if(int64_t elements, int num_threads)
     return num_threads > 1 && elements >= LN_PARALLEL_MIN_ELEMENTS;
 }
 
-static inline C hsum(V v)
-{
-    /* fixed pairwise order, independent of the compiler's reduction choice */
-    C lanes[VL];
-    memcpy(lanes, &v, sizeof lanes);
-    for (int64_t width = VL / 2; width >= 1; width /= 2)
-#pragma GCC ivdep   /* lanes [0, width) and [width, 2 width) do not overlap */
-        for (int64_t i = 0; i < width; i++) lanes[i] += lanes[i + width];
-    return lanes[0];
-}
+#include "layernorm/lanes.h"
 
 #endif

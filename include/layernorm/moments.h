@@ -8,6 +8,8 @@
  * with a large common offset: x - shift is exact when both are close, and
  * the mean is carried as the pair (shift, mean of shifted data).
  * RMS norm: sum of squares in the same lanes.
+ * Short rows (one block) take their moments from the partial sums below,
+ * eight rows at a time (forward_rows.c).
  * `addend` (may be NULL): the data is x + addend as the storage type holds
  * it (the fused add, when its stored sum is not read back).
  */
@@ -89,22 +91,9 @@ static inline __attribute__((always_inline)) ln_moments block_welford(const E *x
     }
     ln_moments total = {0, 0, 0};
     if (count[0] > 0) {
-        /* every lane has seen count[0] values: equal-count halving in a
-         * fixed order; unrolled so that each level has a constant width */
-        C lane_mean[VL], lane_m2[VL], scale = count[0] * (C)0.5;
-        memcpy(lane_mean, &mean[0], sizeof lane_mean);
-        memcpy(lane_m2, &m2[0], sizeof lane_m2);
-#pragma GCC unroll 8
-        for (int64_t width = VL / 2; width >= 1; width /= 2) {
-#pragma GCC ivdep   /* lanes [0, width) and [width, 2 width) do not overlap */
-            for (int64_t i = 0; i < width; i++) {
-                const C delta = lane_mean[i + width] - lane_mean[i];
-                lane_mean[i] += delta * (C)0.5;
-                lane_m2[i] += lane_m2[i + width] + delta * delta * scale;
-            }
-            scale *= 2;
-        }
-        total = (ln_moments){(double)(vectors * VL), lane_mean[0], lane_m2[0]};
+        C lane_mean, lane_m2;
+        lanes_welford(mean[0], m2[0], count[0], &lane_mean, &lane_m2);
+        total = (ln_moments){(double)(vectors * VL), lane_mean, lane_m2};
     }
     /* fewer than VL elements left: exact two-pass moments, one divide */
     const int64_t done = vectors * VL;
@@ -121,28 +110,114 @@ static inline __attribute__((always_inline)) ln_moments block_welford(const E *x
     return total;
 }
 
+/* Sums over the whole vectors of x[0, n), LOAD(i) being the vector at element
+ * i, left in VL lanes: four accumulators in turn, then added pairwise.
+ * ACCUMULATE(acc, v) is the new acc for loaded vector v.  Named accumulators,
+ * not an array: GCC kept an array of them on the stack. */
+_Static_assert(LN_ACCUMULATORS == 4, "LN_PARTIAL_SUMS has four accumulators");
+#define LN_PARTIAL_SUMS(n, LOAD, ACCUMULATE)                                         \
+    do {                                                                             \
+        const int64_t vectors_ = (n) / VL;                                           \
+        V acc0_ = vbroadcast(0), acc1_ = acc0_, acc2_ = acc0_, acc3_ = acc0_;        \
+        int64_t v_ = 0;                                                              \
+        for (; v_ + 4 <= vectors_; v_ += 4) {                                        \
+            acc0_ = ACCUMULATE(acc0_, LOAD(v_ * VL));                                \
+            acc1_ = ACCUMULATE(acc1_, LOAD((v_ + 1) * VL));                          \
+            acc2_ = ACCUMULATE(acc2_, LOAD((v_ + 2) * VL));                          \
+            acc3_ = ACCUMULATE(acc3_, LOAD((v_ + 3) * VL));                          \
+        }                                                                            \
+        if (v_ < vectors_) acc0_ = ACCUMULATE(acc0_, LOAD(v_ * VL));                 \
+        if (v_ + 1 < vectors_) acc1_ = ACCUMULATE(acc1_, LOAD((v_ + 1) * VL));       \
+        if (v_ + 2 < vectors_) acc2_ = ACCUMULATE(acc2_, LOAD((v_ + 2) * VL));       \
+        return (acc0_ + acc2_) + (acc1_ + acc3_);                                    \
+    } while (0)
+
+#define LN_ADD_SHIFTED(acc, v) ((acc) + ((v) - vshift))
+#define LN_ADD_SQUARED_DEVIATION(acc, v) ({ const V deviation_ = ((v) - vshift) - vmean; vmuladd(deviation_, deviation_, acc); })
+#define LN_ADD_SQUARE(acc, v) ({ const V loaded_ = (v); vmuladd(loaded_, loaded_, acc); })
+#define LN_LOAD_DATA(i) load_or_sum(x, addend, i)
+
+/* x - shift */
+static inline __attribute__((always_inline)) V partial_shifted_sum(const E *x, const E *addend, int64_t n, C shift)
+{
+    const V vshift = vbroadcast(shift);
+    LN_PARTIAL_SUMS(n, LN_LOAD_DATA, LN_ADD_SHIFTED);
+}
+
+/* (x - shift - mean)^2 */
+static inline __attribute__((always_inline)) V partial_squared_deviations(const E *x, const E *addend, int64_t n, C shift, C mean)
+{
+    const V vshift = vbroadcast(shift), vmean = vbroadcast(mean);
+    LN_PARTIAL_SUMS(n, LN_LOAD_DATA, LN_ADD_SQUARED_DEVIATION);
+}
+
+/* x^2 */
+static inline __attribute__((always_inline)) V partial_squares(const E *x, const E *addend, int64_t n)
+{
+    LN_PARTIAL_SUMS(n, LN_LOAD_DATA, LN_ADD_SQUARE);
+}
+
+#undef LN_ADD_SHIFTED
+#undef LN_ADD_SQUARED_DEVIATION
+#undef LN_ADD_SQUARE
+#undef LN_LOAD_DATA
+
+/* The same three sums over the elements after the whole vectors, in C. */
+static inline C tail_shifted_sum(const E *x, const E *addend, int64_t n, C shift)
+{
+    C sum = 0;
+    for (int64_t i = n / VL * VL; i < n; i++) sum += load1_or_sum(x, addend, i) - shift;
+    return sum;
+}
+static inline C tail_squared_deviations(const E *x, const E *addend, int64_t n, C shift, C mean)
+{
+    C sum = 0;
+    for (int64_t i = n / VL * VL; i < n; i++) {
+        const C d = (load1_or_sum(x, addend, i) - shift) - mean;
+        sum += d * d;
+    }
+    return sum;
+}
+static inline C tail_squares(const E *x, const E *addend, int64_t n)
+{
+    C sum = 0;
+    for (int64_t i = n / VL * VL; i < n; i++) {
+        const C v = load1_or_sum(x, addend, i);
+        sum += v * v;
+    }
+    return sum;
+}
+
+/* Two-pass moments of x - shift in float64, one element at a time: the
+ * fallback for a row whose float32 sums overflowed (n * variance above the
+ * float32 range).  Non-finite data gives non-finite moments here too. */
+static inline ln_moments float64_moments(const E *x, const E *addend, int64_t n, C shift)
+{
+    double sum = 0, m2 = 0;
+    for (int64_t i = 0; i < n; i++) sum += (double)load1_or_sum(x, addend, i) - (double)shift;
+    const double mean = sum / (double)n;
+    for (int64_t i = 0; i < n; i++) {
+        const double d = ((double)load1_or_sum(x, addend, i) - (double)shift) - mean;
+        m2 += d * d;
+    }
+    return (ln_moments){(double)n, mean, m2};
+}
+
+/* The sum of squares in float64, the same fallback for RMS norm. */
+static inline double float64_sum_squares(const E *x, const E *addend, int64_t n)
+{
+    double sum = 0;
+    for (int64_t i = 0; i < n; i++) {
+        const double v = (double)load1_or_sum(x, addend, i);
+        sum += v * v;
+    }
+    return sum;
+}
+
+/* RMS norm: the sum of squares of a block. */
 static inline __attribute__((always_inline)) double block_sum_squares(const E *x, const E *addend, int64_t n)
 {
-    enum { K = LN_ACCUMULATORS };
-    const int64_t step = VL * K;
-    const int64_t steps = n / step;
-    V acc[K];
-    for (int k = 0; k < K; k++) acc[k] = vbroadcast(0);
-    for (int64_t s = 0; s < steps; s++) {
-        for (int k = 0; k < K; k++) {
-            const V v = load_or_sum(x, addend, s * step + k * VL);
-            acc[k] += v * v;
-        }
-    }
-    for (int width = K / 2; width >= 1; width /= 2)
-        for (int k = 0; k < width; k++) acc[k] += acc[k + width];
-    double total = (double)hsum(acc[0]);
-    C tail = 0;
-    for (int64_t i = steps * step; i < n; i++) {
-        const C v = load1_or_sum(x, addend, i);
-        tail += v * v;
-    }
-    return total + (double)tail;
+    return (double)lanes_sum(partial_squares(x, addend, n)) + (double)tail_squares(x, addend, n);
 }
 
 #endif

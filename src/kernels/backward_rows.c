@@ -62,7 +62,7 @@ static inline row_sums block_sums(const E *x, const E *dy, const void *weight, i
         tail_g += g;
         tail_gx += g * ((LOAD1(x + i) - mean) * rstd);
     }
-    return (row_sums){(double)hsum(sg[0]) + tail_g, (double)hsum(sgx[0]) + tail_gx};
+    return (row_sums){(double)lanes_sum(sg[0]) + tail_g, (double)lanes_sum(sgx[0]) + tail_gx};
 }
 
 static inline row_sums sum_row(const E *x, const E *dy, const void *weight, int storage, int64_t cols,

@@ -69,8 +69,8 @@ static inline void dx_row(const tile_state *st, const E *x, const E *dy, E *dx, 
         tail_w += d * xhat;
         tail_b += d;
     }
-    *dweight += (double)hsum(acc_w) + tail_w;
-    *dbias += (double)hsum(acc_b) + tail_b;
+    *dweight += (double)lanes_sum(acc_w) + tail_w;
+    *dbias += (double)lanes_sum(acc_b) + tail_b;
 }
 
 static void backward_tile(const ln_backward_args *a, int64_t o, int64_t i0, int64_t width,
@@ -161,8 +161,8 @@ static inline __attribute__((always_inline)) void backward_columns(const ln_back
             acc_w += d * xhat;
             acc_b += d;
         }
-        dweight[r] += (double)hsum(acc_w);
-        dbias[r] += (double)hsum(acc_b);
+        dweight[r] += (double)lanes_sum(acc_w);
+        dbias[r] += (double)lanes_sum(acc_b);
     }
 #undef LN_WEIGHT
 }

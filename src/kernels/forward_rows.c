@@ -77,6 +77,14 @@ static inline void merge_statistics(ln_moments *acc, ln_moments part, int rms)
     }
 }
 
+/* A row's statistics in float64 (float64_moments), for a row whose float32
+ * sums overflowed. */
+static ln_moments float64_statistics(row_data src, int64_t cols, C shift, int rms)
+{
+    if (rms) return (ln_moments){(double)cols, 0, float64_sum_squares(src.data, src.addend, cols)};
+    return float64_moments(src.data, src.addend, cols, shift);
+}
+
 /* The most rows finished together: a row group, or every row of the split path. */
 #define LN_MAX_FINISHED_ROWS LN_SPLIT_BELOW_ROWS
 
@@ -107,6 +115,95 @@ static void finish_rows(const ln_forward_args *a, int64_t first, int64_t count, 
  * threads: 1-row groups take 0.86x to 0.92x the time of 8-row groups). */
 #define LN_ROW_GROUP_ELEMENTS 32768
 _Static_assert(LN_ROW_GROUP <= LN_MAX_FINISHED_ROWS, "a row group must fit finish_rows' buffers");
+_Static_assert(LN_ROW_GROUP == 8, "short_rows_statistics folds the lanes of 8 rows");
+
+/* Row r's shift (0 for RMS) and, for the fused add, its stored sum. */
+static inline __attribute__((always_inline)) C prepare_row(const ln_forward_args *a, int64_t r, int sum_streamed, int rms)
+{
+    const int64_t cols = a->layout.reduce, offset = r * cols;
+    const C shift = rms ? 0 : row_shift(a, offset);
+    if (a->residual)
+        add_span((const E *)a->x + offset, (const E *)a->residual + offset, (E *)a->sum_out + offset, cols, sum_streamed);
+    return shift;
+}
+
+/* Rows up to this many elements take short_rows_statistics, at the AVX2 and
+ * AVX-512 levels in float32 compute (forward, 2 threads, against Welford:
+ * (262144, 64) float16 0.78x the time, bfloat16 0.83x, float32 0.94x;
+ * (16384, 1024) float32 0.89x, float16 0.84x).  Not for float64: 8 lanes
+ * or fewer make Welford's lane merge cheap, and its rows are twice the bytes
+ * ((262144, 64) 1.04x, (65536, 256) 1.05x-1.13x).  Not at the baseline
+ * level: with 4 lanes and float16 converted in integer code the extra pass
+ * costs more than it saves (float32 (16384, 1024) 1.26x, (32768, 512) 1.28x,
+ * float16 (262144, 64) 1.18x).  Nor for longer rows, whose per-row costs are
+ * spread over more elements (AVX2 float16 (8192, 2048) 1.15x).  The one
+ * loss kept: the float32 fused add on (262144, 64), four arrays streamed
+ * from memory, took 1.08x to 1.13x the time; it stays on this path because
+ * add_layer_norm(x, r) must give the bits of layer_norm(x + r). */
+#if LN_VECTOR_BYTES >= 32 && LN_DT != LN_DT_FLOAT64
+#define LN_SHORT_ROW_MAX_COLS 1024
+#else
+#define LN_SHORT_ROW_MAX_COLS 0
+#endif
+
+#if LN_SHORT_ROW_MAX_COLS > 0
+/* Statistics of a group of short rows (cols <= LN_SHORT_ROW_MAX_COLS), while
+ * the group sits in L1/L2: layer norm by two passes, the sum of the shifted
+ * data, then the sum of squared deviations from its mean (m2 is centred on
+ * the very mean returned); RMS norm by the sum of squares.  The lane sums of
+ * the group's rows are folded together (lanes_sum_8): on rows of 64 elements
+ * the per-row latency of Welford's lane merge and of one-row reductions, not
+ * the bytes, set the time.  Each row's fused add comes just before its first
+ * pass, so that the rows are read in order. */
+static inline __attribute__((always_inline)) void short_rows_statistics(const ln_forward_args *a, int64_t first, int64_t count,
+                                                                         int sum_streamed, C *shift, ln_moments *stats)
+{
+    const int64_t cols = a->layout.reduce;
+    const int rms = a->mode == LN_MODE_RMS_NORM;
+    V partial[LN_ROW_GROUP];
+    C sums[LN_ROW_GROUP], mean[LN_ROW_GROUP] = {0};
+#define LN_ROW_SRC(g) row_source(a, (first + (g)) * cols, sum_streamed)
+    for (int64_t g = 0; g < LN_ROW_GROUP; g++) {
+        partial[g] = vbroadcast(0);
+        if (g >= count) continue;
+        const int64_t offset = (first + g) * cols;
+        if (a->residual)
+            add_span((const E *)a->x + offset, (const E *)a->residual + offset, (E *)a->sum_out + offset, cols, sum_streamed);
+        const row_data src = row_source(a, offset, sum_streamed);
+        if (rms) {
+            partial[g] = partial_squares(src.data, src.addend, cols);
+            continue;
+        }
+        /* the shift (the row's first value) from the row's first vector: with
+         * a scalar load of the row's head first, (262144, 64) float32 took
+         * 1.1x the time (1 thread, out of cache) */
+        shift[g] = cols >= VL ? load_or_sum(src.data, src.addend, 0)[0] : load1_or_sum(src.data, src.addend, 0);
+        partial[g] = partial_shifted_sum(src.data, src.addend, cols, shift[g]);
+    }
+    lanes_sum_8(partial, sums);
+    if (rms) {
+        for (int64_t g = 0; g < count; g++) {
+            const row_data src = LN_ROW_SRC(g);
+            stats[g] = (ln_moments){(double)cols, 0, (double)sums[g] + (double)tail_squares(src.data, src.addend, cols)};
+            if (!isfinite(sums[g])) stats[g] = float64_statistics(src, cols, 0, 1);
+        }
+        return;
+    }
+    for (int64_t g = 0; g < count; g++)
+        mean[g] = (sums[g] + tail_shifted_sum(LN_ROW_SRC(g).data, LN_ROW_SRC(g).addend, cols, shift[g])) / (C)cols;
+    for (int64_t g = 0; g < LN_ROW_GROUP; g++)
+        partial[g] = g < count ? partial_squared_deviations(LN_ROW_SRC(g).data, LN_ROW_SRC(g).addend, cols, shift[g], mean[g])
+                               : vbroadcast(0);
+    lanes_sum_8(partial, sums);
+    for (int64_t g = 0; g < count; g++) {
+        const row_data src = LN_ROW_SRC(g);
+        const double m2 = (double)sums[g] + (double)tail_squared_deviations(src.data, src.addend, cols, shift[g], mean[g]);
+        stats[g] = (ln_moments){(double)cols, mean[g], m2};
+        if (!isfinite(sums[g]) || !isfinite(mean[g])) stats[g] = float64_statistics(src, cols, shift[g], 0);
+    }
+#undef LN_ROW_SRC
+}
+#endif
 
 static inline __attribute__((always_inline)) void row_group_body(const ln_forward_args *a, int64_t first, int64_t count,
                                                                   const C *recip, stream_plan streams)
@@ -116,17 +213,20 @@ static inline __attribute__((always_inline)) void row_group_body(const ln_forwar
     C shift[LN_ROW_GROUP] = {0};
     ln_moments stats[LN_ROW_GROUP] = {{0, 0, 0}};
     row_transform t[LN_ROW_GROUP];
-    for (int64_t g = 0; g < count; g++) {
-        const int64_t offset = (first + g) * cols;
-        shift[g] = rms ? 0 : row_shift(a, offset);
-        if (a->residual)
-            add_span((const E *)a->x + offset, (const E *)a->residual + offset, (E *)a->sum_out + offset, cols,
-                     streams.sum);
-        const row_data src = row_source(a, offset, streams.sum);
-        stats[g] = (ln_moments){0, 0, 0};
-        for (int64_t start = 0; start < cols; start += LN_BLOCK)
-            merge_statistics(&stats[g], block_statistics(src, start, cols - start < LN_BLOCK ? cols - start : LN_BLOCK,
-                                                         shift[g], recip, rms), rms);
+#if LN_SHORT_ROW_MAX_COLS > 0
+    if (cols <= LN_SHORT_ROW_MAX_COLS) {
+        short_rows_statistics(a, first, count, streams.sum, shift, stats);
+    } else
+#endif
+    {
+        for (int64_t g = 0; g < count; g++) {
+            shift[g] = prepare_row(a, first + g, streams.sum, rms);
+            const row_data src = row_source(a, (first + g) * cols, streams.sum);
+            for (int64_t start = 0; start < cols; start += LN_BLOCK)
+                merge_statistics(&stats[g], block_statistics(src, start, cols - start < LN_BLOCK ? cols - start : LN_BLOCK,
+                                                             shift[g], recip, rms), rms);
+            if (!isfinite(stats[g].m2) || !isfinite(stats[g].mean)) stats[g] = float64_statistics(src, cols, shift[g], rms);
+        }
     }
     finish_rows(a, first, count, shift, stats, t);
     for (int64_t g = 0; g < count; g++) {
@@ -183,6 +283,8 @@ static int forward_split_rows(const ln_forward_args *a, const C *recip)
                 stats[r] = (ln_moments){0, 0, 0};
                 for (int64_t b = 0; b < blocks_per_row; b++)
                     merge_statistics(&stats[r], partial[r * blocks_per_row + b], rms);
+                if (!isfinite(stats[r].m2) || !isfinite(stats[r].mean))
+                    stats[r] = float64_statistics(row_source(a, r * cols, 0), cols, shift[r], rms);
             }
             finish_rows(a, 0, rows, shift, stats, transform);
         }
