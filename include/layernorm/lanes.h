@@ -65,29 +65,31 @@ static inline C lanes_sum(V v)
         (m2_lo) += (m2_hi) + delta * delta * (scale);           \
     } while (0)
 
+/* Declares mean_out, m2_out (type T, half the lanes of mean_in, m2_in) and
+ * folds the upper half of the lanes into them; `scale` doubles for the next
+ * level. */
+#define LN_WELFORD_HALVE(T, mean_in, m2_in, lanes, mean_out, m2_out)                          \
+    T mean_out = LN_LOW(mean_in, lanes), m2_out = LN_LOW(m2_in, lanes);                       \
+    LN_WELFORD_FOLD(mean_out, m2_out, LN_HIGH(mean_in, lanes), LN_HIGH(m2_in, lanes), scale); \
+    scale *= 2
+
 /* Welford moments (mean, m2) of VL lanes that have each seen `count` values,
  * merged into one. */
 static inline void lanes_welford(V mean, V m2, C count, C *mean_out, C *m2_out)
 {
     C scale = count * (C)0.5;
 #if LN_LANES == 16
-    LN_V8 mean8 = LN_LOW(mean, 16), m2_8 = LN_LOW(m2, 16);
-    LN_WELFORD_FOLD(mean8, m2_8, LN_HIGH(mean, 16), LN_HIGH(m2, 16), scale);
-    scale *= 2;
+    LN_WELFORD_HALVE(LN_V8, mean, m2, 16, mean8, m2_8);
 #elif LN_LANES == 8
     LN_V8 mean8 = mean, m2_8 = m2;
 #endif
 #if LN_LANES >= 8
-    LN_V4 mean4 = LN_LOW(mean8, 8), m2_4 = LN_LOW(m2_8, 8);
-    LN_WELFORD_FOLD(mean4, m2_4, LN_HIGH(mean8, 8), LN_HIGH(m2_8, 8), scale);
-    scale *= 2;
+    LN_WELFORD_HALVE(LN_V4, mean8, m2_8, 8, mean4, m2_4);
 #elif LN_LANES == 4
     LN_V4 mean4 = mean, m2_4 = m2;
 #endif
 #if LN_LANES >= 4
-    LN_V2 mean2 = LN_LOW(mean4, 4), m2_2 = LN_LOW(m2_4, 4);
-    LN_WELFORD_FOLD(mean2, m2_2, LN_HIGH(mean4, 4), LN_HIGH(m2_4, 4), scale);
-    scale *= 2;
+    LN_WELFORD_HALVE(LN_V2, mean4, m2_4, 4, mean2, m2_2);
 #else
     LN_V2 mean2 = mean, m2_2 = m2;
 #endif
@@ -99,13 +101,13 @@ static inline void lanes_welford(V mean, V m2, C count, C *mean_out, C *m2_out)
 
 #if LN_LANES >= 8
 /* Lane sums of 8 rows at once, for vectors of 8 or 16 lanes.  Vector s[g]
- * holds row g's VL partial sums.  A pair fold at width w takes two vectors made of runs of 2w lanes (one run
- * per row) and returns one made of runs of w lanes: lane i of each run plus
- * lane i + w, the first vector's rows then the second's.  Each lane meets the
- * same partner as in lanes_sum, so every row gets the bits lanes_sum gives it,
- * but the 8 rows share each shuffle and their additions overlap instead of
- * waiting on one another (on rows of 64 elements the per-row reduction's
- * latency, not the bytes, set the time). */
+ * holds row g's VL partial sums.  A pair fold at width w takes two vectors
+ * made of runs of 2w lanes (one run per row) and returns one made of runs of
+ * w lanes: lane i of each run plus lane i + w, the first vector's rows then
+ * the second's.  Each lane meets the same partner as in lanes_sum, so every
+ * row gets the bits lanes_sum gives it, but the 8 rows share each shuffle
+ * and their additions overlap instead of waiting on one another (on rows of
+ * 64 elements the per-row reduction's latency, not the bytes, set the time). */
 #define LN_PAIR_LOW_16_8 0, 1, 2, 3, 4, 5, 6, 7, 16, 17, 18, 19, 20, 21, 22, 23
 #define LN_PAIR_HIGH_16_8 8, 9, 10, 11, 12, 13, 14, 15, 24, 25, 26, 27, 28, 29, 30, 31
 #define LN_PAIR_LOW_16_4 0, 1, 2, 3, 8, 9, 10, 11, 16, 17, 18, 19, 24, 25, 26, 27

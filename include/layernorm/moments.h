@@ -188,30 +188,23 @@ static inline C tail_squares(const E *x, const E *addend, int64_t n)
     return sum;
 }
 
-/* Two-pass moments of x - shift in float64, one element at a time: the
- * fallback for a row whose float32 sums overflowed (n * variance above the
- * float32 range).  Non-finite data gives non-finite moments here too. */
-static inline ln_moments float64_moments(const E *x, const E *addend, int64_t n, C shift)
+/* Statistics in float64, two passes, one element at a time, of the n values
+ * x[0], x[stride], x[2 stride], ... (x + addend, see load1_or_sum): the
+ * moments of x - shift, or (rms) the sum of squares in m2.  The fallback for
+ * a row or strided position whose float32 sums overflowed (n * variance
+ * above the float32 range); non-finite data gives non-finite statistics here
+ * too. */
+static inline ln_moments float64_statistics(const E *x, const E *addend, int64_t n, int64_t stride, C shift, int rms)
 {
     double sum = 0, m2 = 0;
-    for (int64_t i = 0; i < n; i++) sum += (double)load1_or_sum(x, addend, i) - (double)shift;
+    for (int64_t i = 0; i < n && !rms; i++) sum += (double)load1_or_sum(x, addend, i * stride) - (double)shift;
     const double mean = sum / (double)n;
     for (int64_t i = 0; i < n; i++) {
-        const double d = ((double)load1_or_sum(x, addend, i) - (double)shift) - mean;
+        const double v = (double)load1_or_sum(x, addend, i * stride);
+        const double d = rms ? v : (v - (double)shift) - mean;
         m2 += d * d;
     }
     return (ln_moments){(double)n, mean, m2};
-}
-
-/* The sum of squares in float64, the same fallback for RMS norm. */
-static inline double float64_sum_squares(const E *x, const E *addend, int64_t n)
-{
-    double sum = 0;
-    for (int64_t i = 0; i < n; i++) {
-        const double v = (double)load1_or_sum(x, addend, i);
-        sum += v * v;
-    }
-    return sum;
 }
 
 /* RMS norm: the sum of squares of a block. */

@@ -77,14 +77,6 @@ static inline void merge_statistics(ln_moments *acc, ln_moments part, int rms)
     }
 }
 
-/* A row's statistics in float64 (float64_moments), for a row whose float32
- * sums overflowed. */
-static ln_moments float64_statistics(row_data src, int64_t cols, C shift, int rms)
-{
-    if (rms) return (ln_moments){(double)cols, 0, float64_sum_squares(src.data, src.addend, cols)};
-    return float64_moments(src.data, src.addend, cols, shift);
-}
-
 /* The most rows finished together: a row group, or every row of the split path. */
 #define LN_MAX_FINISHED_ROWS LN_SPLIT_BELOW_ROWS
 
@@ -117,13 +109,20 @@ static void finish_rows(const ln_forward_args *a, int64_t first, int64_t count, 
 _Static_assert(LN_ROW_GROUP <= LN_MAX_FINISHED_ROWS, "a row group must fit finish_rows' buffers");
 _Static_assert(LN_ROW_GROUP == 8, "short_rows_statistics folds the lanes of 8 rows");
 
-/* Row r's shift (0 for RMS) and, for the fused add, its stored sum. */
+/* The fused add's sum_out for the row at `offset` (nothing without one). */
+static inline void store_row_sum(const ln_forward_args *a, int64_t offset, int sum_streamed)
+{
+    if (a->residual)
+        add_span((const E *)a->x + offset, (const E *)a->residual + offset, (E *)a->sum_out + offset,
+                 a->layout.reduce, sum_streamed);
+}
+
+/* Row r's shift (0 for RMS), read before its fused add, then the add. */
 static inline __attribute__((always_inline)) C prepare_row(const ln_forward_args *a, int64_t r, int sum_streamed, int rms)
 {
-    const int64_t cols = a->layout.reduce, offset = r * cols;
+    const int64_t offset = r * a->layout.reduce;
     const C shift = rms ? 0 : row_shift(a, offset);
-    if (a->residual)
-        add_span((const E *)a->x + offset, (const E *)a->residual + offset, (E *)a->sum_out + offset, cols, sum_streamed);
+    store_row_sum(a, offset, sum_streamed);
     return shift;
 }
 
@@ -167,8 +166,7 @@ static inline __attribute__((always_inline)) void short_rows_statistics(const ln
         partial[g] = vbroadcast(0);
         if (g >= count) continue;
         const int64_t offset = (first + g) * cols;
-        if (a->residual)
-            add_span((const E *)a->x + offset, (const E *)a->residual + offset, (E *)a->sum_out + offset, cols, sum_streamed);
+        store_row_sum(a, offset, sum_streamed);
         const row_data src = row_source(a, offset, sum_streamed);
         if (rms) {
             partial[g] = partial_squares(src.data, src.addend, cols);
@@ -185,7 +183,7 @@ static inline __attribute__((always_inline)) void short_rows_statistics(const ln
         for (int64_t g = 0; g < count; g++) {
             const row_data src = LN_ROW_SRC(g);
             stats[g] = (ln_moments){(double)cols, 0, (double)sums[g] + (double)tail_squares(src.data, src.addend, cols)};
-            if (!isfinite(sums[g])) stats[g] = float64_statistics(src, cols, 0, 1);
+            if (!isfinite(sums[g])) stats[g] = float64_statistics(src.data, src.addend, cols, 1, 0, 1);
         }
         return;
     }
@@ -199,7 +197,7 @@ static inline __attribute__((always_inline)) void short_rows_statistics(const ln
         const row_data src = LN_ROW_SRC(g);
         const double m2 = (double)sums[g] + (double)tail_squared_deviations(src.data, src.addend, cols, shift[g], mean[g]);
         stats[g] = (ln_moments){(double)cols, mean[g], m2};
-        if (!isfinite(sums[g]) || !isfinite(mean[g])) stats[g] = float64_statistics(src, cols, shift[g], 0);
+        if (!isfinite(sums[g]) || !isfinite(mean[g])) stats[g] = float64_statistics(src.data, src.addend, cols, 1, shift[g], 0);
     }
 #undef LN_ROW_SRC
 }
@@ -225,7 +223,7 @@ static inline __attribute__((always_inline)) void row_group_body(const ln_forwar
             for (int64_t start = 0; start < cols; start += LN_BLOCK)
                 merge_statistics(&stats[g], block_statistics(src, start, cols - start < LN_BLOCK ? cols - start : LN_BLOCK,
                                                              shift[g], recip, rms), rms);
-            if (!isfinite(stats[g].m2) || !isfinite(stats[g].mean)) stats[g] = float64_statistics(src, cols, shift[g], rms);
+            if (!isfinite(stats[g].m2) || !isfinite(stats[g].mean)) stats[g] = float64_statistics(src.data, src.addend, cols, 1, shift[g], rms);
         }
     }
     finish_rows(a, first, count, shift, stats, t);
@@ -284,7 +282,7 @@ static int forward_split_rows(const ln_forward_args *a, const C *recip)
                 for (int64_t b = 0; b < blocks_per_row; b++)
                     merge_statistics(&stats[r], partial[r * blocks_per_row + b], rms);
                 if (!isfinite(stats[r].m2) || !isfinite(stats[r].mean))
-                    stats[r] = float64_statistics(row_source(a, r * cols, 0), cols, shift[r], rms);
+                    stats[r] = float64_statistics(row_source(a, r * cols, 0).data, NULL, cols, 1, shift[r], rms);
             }
             finish_rows(a, 0, rows, shift, stats, transform);
         }

@@ -11,22 +11,7 @@
  * gives the same bits.
  */
 #include "layernorm/kernel_common.h"
-
-/* The moments of one position (the `reduce` values p, p + inner, ...) in
- * float64, two passes: the fallback for a position whose float32 chunk
- * sums overflowed (n * variance above the float32 range). */
-static void float64_position_moments(const E *src, int64_t p, int64_t reduce, int64_t inner, C shift, int rms,
-                                     double *mean, double *m2)
-{
-    double sum = 0, squares = 0;
-    for (int64_t r = 0; r < reduce; r++) sum += rms ? 0 : (double)LOAD1(src + p + r * inner) - (double)shift;
-    *mean = sum / (double)reduce;
-    for (int64_t r = 0; r < reduce; r++) {
-        const double d = rms ? (double)LOAD1(src + p + r * inner) : ((double)LOAD1(src + p + r * inner) - (double)shift) - *mean;
-        squares += d * d;
-    }
-    *m2 = squares;
-}
+#include "layernorm/moments.h"
 
 /* Statistics and normalization of `vectors` (a constant after inlining)
  * vectors of positions starting at inner index i: walking down `reduce`, the
@@ -89,8 +74,10 @@ static inline __attribute__((always_inline)) void forward_columns(const ln_forwa
     const double inv_n = 1.0 / (double)reduce;
     const int64_t stat = o * inner + i;
     for (int64_t j = 0; j < vectors * VL; j++) {
-        if (!isfinite(merged_m2[j]) || !isfinite(merged_mean[j]))
-            float64_position_moments(src, base + j, reduce, inner, shift_c[j], rms, &merged_mean[j], &merged_m2[j]);
+        if (!isfinite(merged_m2[j]) || !isfinite(merged_mean[j])) {
+            const ln_moments exact = float64_statistics(src + base + j, NULL, reduce, inner, shift_c[j], rms);
+            merged_mean[j] = exact.mean, merged_m2[j] = exact.m2;
+        }
         const double rstd = 1.0 / sqrt(merged_m2[j] * inv_n + a->eps);
         scale[j] = (C)rstd;
         lo[j] = rms ? (C)0 : (C)merged_mean[j];
@@ -150,8 +137,10 @@ static void forward_positions(const ln_forward_args *a, int64_t o, int64_t i, in
             merged_mean += delta * wb;
             merged_m2 += (double)m2 + delta * delta * wab;
         }
-        if (!isfinite(merged_m2) || !isfinite(merged_mean))
-            float64_position_moments(src, base, reduce, inner, shift, rms, &merged_mean, &merged_m2);
+        if (!isfinite(merged_m2) || !isfinite(merged_mean)) {
+            const ln_moments exact = float64_statistics(src + base, NULL, reduce, inner, shift, rms);
+            merged_mean = exact.mean, merged_m2 = exact.m2;
+        }
         const double rstd = 1.0 / sqrt(merged_m2 * (1.0 / (double)reduce) + a->eps);
         const C scale = (C)rstd, lo = rms ? (C)0 : (C)merged_mean;
         const int64_t stat = o * inner + i + j;
