@@ -59,6 +59,9 @@ def main():
     parser.add_argument("--seconds", type=float, default=4.0)
     parser.add_argument("--simd", default="avx512")
     parser.add_argument("--dtype", choices=list(KERNEL_DTYPE_CODES), default="float32")
+    parser.add_argument("--outputs", choices=["pool", "numpy"], default="pool",
+                        help="outputs from the library's pool (64-byte aligned, as when it allocates) or from "
+                             "numpy.empty_like (often 16 bytes off a 64-byte line, as a user's out= may be)")
     args = parser.parse_args()
 
     if args.dtype == "bfloat16":
@@ -74,10 +77,11 @@ def main():
     x = rng.standard_normal(shape).astype(dtype)
     # outputs as the library allocates them (64-byte aligned, which streaming needs)
     from layernorm import _buffer_pool
+    empty = _buffer_pool.empty if args.outputs == "pool" else (lambda shape, dt: np.empty(shape, dt))
     arrays = (x, rng.standard_normal(x.shape).astype(dtype), rng.standard_normal(x.shape).astype(dtype),
-              np.ones(cols, compute), np.zeros(cols, compute), _buffer_pool.empty(x.shape, dtype),
-              _buffer_pool.empty(x.shape, dtype), _buffer_pool.empty(x.shape, dtype),
-              _buffer_pool.empty((cols,), compute), _buffer_pool.empty((cols,), compute),
+              np.ones(cols, compute), np.zeros(cols, compute), empty(x.shape, dtype),
+              empty(x.shape, dtype), empty(x.shape, dtype),
+              empty((cols,), compute), empty((cols,), compute),
               x.astype(compute).mean(1).ravel(), 1 / x.astype(compute).std(1).ravel())
     calls = {}
     for name, source in (("old", args.old), ("new", args.new)):

@@ -1,5 +1,6 @@
 """Outputs of 32 MB and more (LN_STREAM_MIN_BYTES) with rows of whole 4 KB
-lines are written with streaming stores.  They must give the same bits as
+lines, or of whole 64-byte lines when the output starts on a line, are
+written with streaming stores.  They must give the same bits as
 the ordinary stores of a small call on the same rows, for any alignment of
 the output (the unaligned ends of each row are stored separately), in place
 and through the long-row split."""
@@ -23,12 +24,14 @@ def misaligned_empty(shape, dtype, offset_items):
 
 
 @pytest.mark.parametrize("dtype", ALL_DTYPES)
-@pytest.mark.parametrize("rows_kind", ["many rows", "split rows"])
+@pytest.mark.parametrize("rows_kind", ["many rows", "short rows", "split rows"])
 def test_streamed_outputs_have_the_bits_of_small_calls(simd, rng, dtype, rows_kind):
     itemsize = np.dtype(dtype).itemsize
-    if rows_kind == "many rows":
-        cols = 4096
-        shape = (STREAMED_BYTES // (cols * itemsize), cols)
+    if rows_kind != "split rows":
+        cols = 4096 if rows_kind == "many rows" else 64
+        # short rows: a last row group of 3 rows; written through an L1
+        # buffer when the output is off a 64-byte line
+        shape = (STREAMED_BYTES // (cols * itemsize) + (3 if rows_kind == "short rows" else 0), cols)
         probe = slice(0, 3)                                  # 3 rows stay a small call
     else:
         shape = (2, STREAMED_BYTES // (2 * itemsize))         # fewer than 16 rows: split
@@ -70,10 +73,10 @@ def backward_at_two_threads(rng, shape, dtype):
 
 
 @pytest.mark.parametrize("dtype", ALL_DTYPES)
-@pytest.mark.parametrize("rows_kind", ["row blocks", "long rows"])
+@pytest.mark.parametrize("rows_kind", ["row blocks", "short rows", "long rows"])
 def test_streamed_backward_has_the_bits_of_small_calls(simd, rng, dtype, rows_kind):
     """dx of 32 MB comes from the (64-byte aligned) buffer pool and is streamed."""
-    cols = 4096 if rows_kind == "row blocks" else 131072
+    cols = {"row blocks": 4096, "short rows": 64, "long rows": 131072}[rows_kind]
     shape = (STREAMED_BYTES // (cols * np.dtype(dtype).itemsize), cols)
     (x, dy, mean, rstd, weight), (dx, _, _) = backward_at_two_threads(rng, shape, dtype)
     assert dx.ctypes.data % 64 == 0, "large outputs should come from the aligned pool"
@@ -82,10 +85,10 @@ def test_streamed_backward_has_the_bits_of_small_calls(simd, rng, dtype, rows_ki
 
 
 @pytest.mark.parametrize("dtype", ALL_DTYPES)
-def test_streamed_fused_add_has_the_bits_of_small_calls(simd, rng, dtype):
+@pytest.mark.parametrize("cols", [4096, 64])
+def test_streamed_fused_add_has_the_bits_of_small_calls(simd, rng, dtype, cols):
     """The fused add streams its sum too and recomputes x + residual instead
     of reading the sum back; in place (sum_out=residual) it cannot."""
-    cols = 4096
     shape = (STREAMED_BYTES // (cols * np.dtype(dtype).itemsize), cols)
     x = rng.standard_normal(shape).astype(dtype)
     r = (rng.standard_normal(shape) + 3.0).astype(dtype)

@@ -441,16 +441,22 @@ static inline void ln_stream_fence(void)
  * threads: forward (16384, 1024) 0.86x the time, (64, 262144) 0.78x). */
 #define LN_STREAM_MIN_BYTES ((int64_t)32 << 20)
 
-/* Stream an output of `rows` rows of `cols` elements at y?  Rows of at
- * least 4 KB of whole 64-byte lines: then no row has a scalar tail, so
- * streamed and stored rows have the same bits (the choice depends on y's
- * address too).  Short rows did not gain ((262144, 64) with y aligned: 1.04x
- * the time). */
+/* Stream an output of `rows` rows of `cols` elements at y?  Rows of whole
+ * 64-byte lines, so that no row has a scalar tail and streamed and stored
+ * rows have the same bits (the choice depends on y's address too), and at
+ * least two vectors long (LN_STREAMED_SPAN).  Rows shorter than 4 KB only
+ * when y starts on a line, so that no row has a partly written line: with y
+ * 16 bytes off a line (numpy.empty's usual address) the forward on
+ * (262144, 64) float32 took 1.05x the time, with y aligned 0.86x (2 threads,
+ * AVX-512); the backward 0.73x at AVX-512, 0.65x at AVX2, 0.83x at the
+ * baseline.  (The forward takes short rows at AVX-512 only: see
+ * forward_rows.c.) */
 static inline int ln_stream_rows(const void *y, int64_t rows, int64_t cols)
 {
     const int64_t row_bytes = cols * (int64_t)sizeof(E);
     return LN_CAN_STREAM && rows * row_bytes >= LN_STREAM_MIN_BYTES && row_bytes % 64 == 0
-           && row_bytes >= 4096 && (uintptr_t)y % sizeof(E) == 0;
+           && row_bytes >= 2 * VL * (int64_t)sizeof(E) && (uintptr_t)y % sizeof(E) == 0
+           && (row_bytes >= 4096 || (uintptr_t)y % 64 == 0);
 }
 
 /* Four independent accumulators per lane hide the add/FMA latency. */

@@ -4,29 +4,27 @@
 #define LAYERNORM_SPANS_H
 
 /* Store VALUE(i) (a V expression in i) at y + i for i in [0, n), with
- * streaming stores on y's aligned vectors (n a multiple of VL, at least
- * 2 * VL; see ln_stream_rows).  The unaligned first and last vectors are
- * computed before any store (the inputs may be y) and only their elements
- * outside the streamed vectors are stored, at the end: a normal store into a
- * streamed line would fetch it back.  Every element gets the vector
- * arithmetic, as in the unstreamed loops. */
+ * streaming stores on y's aligned vectors (n at least 2 * VL; see
+ * ln_stream_rows).  The unaligned first and last vectors are computed before
+ * any store (the inputs may be y) and only their elements outside the
+ * streamed vectors are stored, at the end: a normal store into a streamed
+ * line would fetch it back.  Every element gets the vector arithmetic, as in
+ * the unstreamed loops. */
 #define LN_STREAMED_SPAN(y, n, VALUE)                                                               \
     do {                                                                                            \
-        /* elements before y's first aligned vector (y is aligned to sizeof(E)) */                  \
+        /* elements before y's first aligned vector (y is aligned to sizeof(E)), and the end of     \
+         * the streamed vectors */                                                                  \
         const int64_t store_bytes_ = VL * (int64_t)sizeof(E);                                       \
         const int64_t skip_ = (int64_t)((store_bytes_ - (uintptr_t)(y) % store_bytes_)              \
                                         % store_bytes_) / (int64_t)sizeof(E);                       \
+        const int64_t end_ = skip_ + ((n) - skip_) / VL * VL;                                       \
         E head_[VL], tail_[VL];                                                                     \
         int64_t i;                                                                                  \
-        if (skip_) {                                                                                \
-            i = 0; STOREV(head_, (VALUE));                                                          \
-            i = (n) - VL; STOREV(tail_, (VALUE));                                                   \
-        }                                                                                           \
-        for (i = skip_; i + VL <= (n); i += VL) STREAMV((y) + i, (VALUE));                          \
-        if (skip_) {                                                                                \
-            memcpy((y), head_, (size_t)skip_ * sizeof(E));                                          \
-            memcpy((y) + i, tail_ + (i - ((n) - VL)), (size_t)((n) - i) * sizeof(E));               \
-        }                                                                                           \
+        if (skip_) { i = 0; STOREV(head_, (VALUE)); }                                               \
+        if (end_ < (n)) { i = (n) - VL; STOREV(tail_, (VALUE)); }                                   \
+        for (i = skip_; i < end_; i += VL) STREAMV((y) + i, (VALUE));                               \
+        if (skip_) memcpy((y), head_, (size_t)skip_ * sizeof(E));                                   \
+        if (end_ < (n)) memcpy((y) + end_, tail_ + (end_ - ((n) - VL)), (size_t)((n) - end_) * sizeof(E)); \
     } while (0)
 
 /* sum_out = x + residual, rounded to the storage type (the fused add);
