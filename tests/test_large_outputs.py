@@ -117,3 +117,34 @@ def test_streamed_parameter_gradients_of_one_long_row(simd, rng):
     assert dbias.tobytes() == dy[0].tobytes()
     xhat = (x[0].astype(np.float64) - mean[0, 0]) * rstd[0, 0]
     np.testing.assert_allclose(dweight, dy[0] * xhat, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("dtype", ALL_DTYPES)
+def test_streamed_strided_outputs_have_the_bits_of_small_calls(simd, rng, dtype):
+    """Over the middle axis of (outer, 64, 4096), outputs of 16 MB and more are
+    streamed, the fused add's sum too (then x + residual is recomputed): the
+    same bits as a call on two outer slices, for any alignment and in place."""
+    shape = ((16 << 20) // (64 * 4096 * np.dtype(dtype).itemsize), 64, 4096)
+    x = (rng.standard_normal(shape) + 5.0).astype(dtype)
+    r = rng.standard_normal(shape).astype(dtype)
+    weight, bias = random_params(rng, (64,), dtype)
+    small_y = ln.layer_norm(x[:2], 1, weight, bias)
+    small_rms = ln.rms_norm(x[:2], 1, weight, eps=1e-6)
+    small_add_y, small_add_s = ln.add_layer_norm(x[:2], r[:2], 1, weight, bias)
+    with use_threads(2):
+        y = ln.layer_norm(x, 1, weight, bias)
+        assert y[:2].tobytes() == small_y.tobytes()
+        assert ln.rms_norm(x, 1, weight, eps=1e-6)[:2].tobytes() == small_rms.tobytes()
+        out = misaligned_empty(shape, dtype, 1)
+        ln.layer_norm(x, 1, weight, bias, out=out)
+        assert out.tobytes() == y.tobytes(), "an output off a 64-byte line changed the bits"
+        in_place = x.copy()
+        ln.layer_norm(in_place, 1, weight, bias, out=in_place)
+        assert in_place.tobytes() == y.tobytes(), "in place (x is y) changed the bits"
+        add_y, add_s = ln.add_layer_norm(x, r, 1, weight, bias)
+        assert add_y[:2].tobytes() == small_add_y.tobytes() and add_s[:2].tobytes() == small_add_s.tobytes()
+        residual = r.copy()
+        in_place_y, _ = ln.add_layer_norm(x, residual, 1, weight, bias, sum_out=residual)
+        assert residual.tobytes() == add_s.tobytes() and in_place_y.tobytes() == add_y.tobytes()
+    with use_threads(1):
+        assert ln.layer_norm(x, 1, weight, bias).tobytes() == y.tobytes()

@@ -371,6 +371,12 @@ static inline void STORE1(E *p, C c)
 #error "unknown LN_DT"
 #endif
 
+/* Do the `bytes` bytes at a and at b overlap? */
+static inline int ln_overlap(const void *a, const void *b, int64_t bytes)
+{
+    return (const char *)a < (const char *)b + bytes && (const char *)b < (const char *)a + bytes;
+}
+
 /* Streaming (non-temporal) stores of whole aligned vectors, for outputs far
  * larger than the caches: they skip the read-for-ownership of the output's
  * lines, as memcpy does for large copies.  On x86: float32/float64 at every
@@ -510,7 +516,10 @@ static inline int64_t ln_dynamic_chunk(int64_t items, int64_t elements, int thre
  * independent vectors to hide the accumulation chains' latency.  On NCHW
  * (32, 64, 56, 56), 2 threads, forward, 4 vectors (whose state fits in
  * registers) took 1.36x the time of 16 at AVX-512 and 1.5x at AVX2: the long
- * runs win over the spills.  Narrower tile ends fall back to 4 vectors, then 1. */
+ * runs win over the spills.  Narrower tile ends fall back to 4 vectors, then 1.
+ * Walking tiles of 1024 positions row by row instead, with the per-position
+ * state in L1 arrays (the same bits), took 1.31x the time (forward) and
+ * 1.04x (fused add). */
 #define LN_COLUMN_VECTORS 16
 
 /* A strided column's first pass, at one row: prefetch the same row's lines
