@@ -377,6 +377,15 @@ static inline int ln_overlap(const void *a, const void *b, int64_t bytes)
     return (const char *)a < (const char *)b + bytes && (const char *)b < (const char *)a + bytes;
 }
 
+/* The fused add's outputs (y and sum_out, `bytes` bytes each) overlap
+ * neither input, so that a kernel that streams the sum may recompute
+ * x + residual later instead of reading the sum back. */
+static inline int ln_outputs_apart_from_inputs(const ln_forward_args *a, int64_t bytes)
+{
+    return !ln_overlap(a->sum_out, a->x, bytes) && !ln_overlap(a->sum_out, a->residual, bytes)
+           && !ln_overlap(a->y, a->x, bytes) && !ln_overlap(a->y, a->residual, bytes);
+}
+
 /* Streaming (non-temporal) stores of whole aligned vectors, for outputs far
  * larger than the caches: they skip the read-for-ownership of the output's
  * lines, as memcpy does for large copies.  On x86: float32/float64 at every

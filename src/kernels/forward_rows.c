@@ -58,9 +58,7 @@ static inline stream_plan plan_streams(const ln_forward_args *a)
     const int64_t rows = a->layout.outer, cols = a->layout.reduce, bytes = rows * cols * (int64_t)sizeof(E);
     stream_plan plan = {stream_row_outputs(a->y, rows, cols), stage_row_outputs(a->y, rows, cols), 0};
     if (plan.y && a->residual)
-        plan.sum = stream_row_outputs(a->sum_out, rows, cols)
-                   && !ln_overlap(a->sum_out, a->x, bytes) && !ln_overlap(a->sum_out, a->residual, bytes)
-                   && !ln_overlap(a->y, a->x, bytes) && !ln_overlap(a->y, a->residual, bytes);
+        plan.sum = stream_row_outputs(a->sum_out, rows, cols) && ln_outputs_apart_from_inputs(a, bytes);
     return plan;
 }
 

@@ -22,7 +22,8 @@
  * forward_positions does the same arithmetic one position at a time.
  * `stream`: y with streaming stores; `stream_sum`: the fused add's sum too,
  * and the second pass recomputes x + residual instead of reading the sum
- * back from memory (both constants after inlining). */
+ * back from memory (constants in the 16-vector columns, whose calls are
+ * specialized on them). */
 static inline __attribute__((always_inline)) void forward_columns(const ln_forward_args *a, int64_t o, int64_t i,
                                                                   const int vectors, const C *recip, int stream,
                                                                   int stream_sum)
@@ -110,8 +111,8 @@ static inline __attribute__((always_inline)) void forward_columns(const ln_forwa
             const int64_t p = at + k * VL;
             const V data = stream_sum ? LOADV(x + p) + LOADV(residual + p) : LOADV(src + p);
             const V c = (data - shift[k]) - vlo[k];
-            if (stream) STREAMV((E *)a->y + at + k * VL, c * vscale[k] * w + b);
-            else STOREV((E *)a->y + at + k * VL, c * vscale[k] * w + b);
+            if (stream) STREAMV((E *)a->y + p, c * vscale[k] * w + b);
+            else STOREV((E *)a->y + p, c * vscale[k] * w + b);
         }
     }
 }
@@ -197,8 +198,7 @@ int FN(forward_strided)(const ln_forward_args *a)
     const int64_t bytes = outer * reduce * inner * (int64_t)sizeof(E);
     const int stream = stream_columns(a->y, inner, bytes);
     const int stream_sum = stream && a->residual && stream_columns(a->sum_out, inner, bytes)
-                           && !ln_overlap(a->sum_out, a->x, bytes) && !ln_overlap(a->sum_out, a->residual, bytes)
-                           && !ln_overlap(a->y, a->x, bytes) && !ln_overlap(a->y, a->residual, bytes);
+                           && ln_outputs_apart_from_inputs(a, bytes);
     #pragma omp parallel num_threads(a->num_threads) if (ln_parallel_if(outer * reduce * inner, a->num_threads))
     {
         #pragma omp for schedule(dynamic, chunk)
