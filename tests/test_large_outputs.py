@@ -1,9 +1,10 @@
-"""Outputs of 32 MB and more (LN_STREAM_MIN_BYTES) with rows of whole 4 KB
-lines, or of whole 64-byte lines when the output starts on a line, are
-written with streaming stores.  They must give the same bits as
-the ordinary stores of a small call on the same rows, for any alignment of
-the output (the unaligned ends of each row are stored separately), in place
-and through the long-row split."""
+"""Outputs are written with streaming stores when the arrays a call reads and
+writes take 32 MB or more together (LN_STREAM_MIN_BYTES): the forward's x and
+y, the backward's x, dy and dx.  Rows must be of whole 4 KB lines, or of
+whole 64-byte lines when the output starts on a line.  Streamed outputs must
+give the same bits as the ordinary stores of a small call on the same rows,
+for any alignment of the output (the unaligned ends of each row are stored
+separately), in place and through the long-row split."""
 import numpy as np
 import pytest
 
@@ -11,6 +12,8 @@ import layernorm as ln
 from conftest import ALL_DTYPES, FLOAT32, random_params, use_threads
 
 STREAMED_BYTES = 32 << 20
+FORWARD_OUTPUT_BYTES = STREAMED_BYTES // 2          # x and y: 32 MB
+BACKWARD_OUTPUT_BYTES = 11 << 20                   # x, dy and dx: 33 MB
 
 
 def misaligned_empty(shape, dtype, offset_items):
@@ -31,10 +34,10 @@ def test_streamed_outputs_have_the_bits_of_small_calls(simd, rng, dtype, rows_ki
         cols = 4096 if rows_kind == "many rows" else 64
         # short rows: a last row group of 3 rows; written through an L1
         # buffer when the output is off a 64-byte line
-        shape = (STREAMED_BYTES // (cols * itemsize) + (3 if rows_kind == "short rows" else 0), cols)
+        shape = (FORWARD_OUTPUT_BYTES // (cols * itemsize) + (3 if rows_kind == "short rows" else 0), cols)
         probe = slice(0, 3)                                  # 3 rows stay a small call
     else:
-        shape = (2, STREAMED_BYTES // (2 * itemsize))         # fewer than 16 rows: split
+        shape = (2, FORWARD_OUTPUT_BYTES // (2 * itemsize))   # fewer than 16 rows: split
         probe = slice(1, 2)                                  # one row alone: half the bytes
     x = (rng.standard_normal(shape) + 5.0).astype(dtype)
     weight, bias = random_params(rng, shape[1:], dtype)
@@ -75,9 +78,10 @@ def backward_at_two_threads(rng, shape, dtype):
 @pytest.mark.parametrize("dtype", ALL_DTYPES)
 @pytest.mark.parametrize("rows_kind", ["row blocks", "short rows", "long rows"])
 def test_streamed_backward_has_the_bits_of_small_calls(simd, rng, dtype, rows_kind):
-    """dx of 32 MB comes from the (64-byte aligned) buffer pool and is streamed."""
+    """dx of 11 MB (with x and dy 33 MB) comes from the (64-byte aligned)
+    buffer pool and is streamed."""
     cols = {"row blocks": 4096, "short rows": 64, "long rows": 131072}[rows_kind]
-    shape = (STREAMED_BYTES // (cols * np.dtype(dtype).itemsize), cols)
+    shape = (BACKWARD_OUTPUT_BYTES // (cols * np.dtype(dtype).itemsize), cols)
     (x, dy, mean, rstd, weight), (dx, _, _) = backward_at_two_threads(rng, shape, dtype)
     assert dx.ctypes.data % 64 == 0, "large outputs should come from the aligned pool"
     small = ln.layer_norm_backward(dy[:3], x[:3], mean[:3], rstd[:3], -1, weight)[0]
@@ -89,7 +93,7 @@ def test_streamed_backward_has_the_bits_of_small_calls(simd, rng, dtype, rows_ki
 def test_streamed_fused_add_has_the_bits_of_small_calls(simd, rng, dtype, cols):
     """The fused add streams its sum too and recomputes x + residual instead
     of reading the sum back; in place (sum_out=residual) it cannot."""
-    shape = (STREAMED_BYTES // (cols * np.dtype(dtype).itemsize), cols)
+    shape = (FORWARD_OUTPUT_BYTES // (cols * np.dtype(dtype).itemsize), cols)
     x = rng.standard_normal(shape).astype(dtype)
     r = (rng.standard_normal(shape) + 3.0).astype(dtype)
     weight, bias = random_params(rng, shape[1:], dtype)

@@ -451,12 +451,18 @@ static inline void ln_stream_fence(void)
 }
 #endif
 
-/* Outputs of at least this many bytes are streamed (beyond any L3 here, so
- * they would not stay cached anyway; measured on 64 MB float32 outputs, 2
- * threads: forward (16384, 1024) 0.86x the time, (64, 262144) 0.78x). */
+/* Outputs are streamed when the arrays a call reads and writes take at least
+ * this many bytes together: beyond any L3 here, so the output would not stay
+ * cached anyway, and the cached part is left to the inputs.  Measured, 2
+ * threads, AVX-512 float32: forward (16384, 1024) 0.86x the time,
+ * (64, 262144) 0.78x, (8192, 768) (x and y 50 MB) 0.79x; backward
+ * (4096, 768) (x, dy and dx 38 MB) 0.82x (AVX2 0.84x, baseline 0.95x,
+ * float64 0.86x).  Below it nothing is gained: forward (4096, 768), x and y
+ * 25 MB, 0.96x to 1.03x. */
 #define LN_STREAM_MIN_BYTES ((int64_t)32 << 20)
 
-/* Stream an output of `rows` rows of `cols` elements at y?  Rows of whole
+/* Stream an output of `rows` rows of `cols` elements at y, when the call
+ * moves `arrays` arrays of its size (LN_STREAM_MIN_BYTES)?  Rows of whole
  * 64-byte lines, so that no row has a scalar tail and streamed and stored
  * rows have the same bits (the choice depends on y's address too), and at
  * least two vectors long (LN_STREAMED_SPAN).  Rows shorter than 4 KB only
@@ -466,10 +472,10 @@ static inline void ln_stream_fence(void)
  * AVX-512); the backward 0.73x at AVX-512, 0.65x at AVX2, 0.83x at the
  * baseline.  (The forward takes short rows at AVX-512 only: see
  * forward_rows.c.) */
-static inline int ln_stream_rows(const void *y, int64_t rows, int64_t cols)
+static inline int ln_stream_rows(const void *y, int64_t rows, int64_t cols, int arrays)
 {
     const int64_t row_bytes = cols * (int64_t)sizeof(E);
-    return LN_CAN_STREAM && rows * row_bytes >= LN_STREAM_MIN_BYTES && row_bytes % 64 == 0
+    return LN_CAN_STREAM && arrays * rows * row_bytes >= LN_STREAM_MIN_BYTES && row_bytes % 64 == 0
            && row_bytes >= 2 * VL * (int64_t)sizeof(E) && (uintptr_t)y % sizeof(E) == 0
            && (row_bytes >= 4096 || (uintptr_t)y % 64 == 0);
 }
@@ -592,19 +598,49 @@ static inline int64_t ln_rows_per_group(int64_t budget, int64_t cols, int64_t mo
     return rows < 1 ? 1 : rows > most ? most : rows;
 }
 
-/* dweight/dbias entry j of the backward from float64 partials of `blocks`
- * blocks, laid out [dweight of block 0][dbias of block 0][dweight of block
- * 1]... (layout.reduce values each), added in block order. */
-static inline void ln_sum_partials(const ln_backward_args *a, const double *partial, int64_t blocks, int64_t j)
+/* dweight/dbias entries [begin, end) of the backward from float64 partials of
+ * `blocks` blocks, laid out [dweight of block 0][dbias of block 0][dweight of
+ * block 1]... (layout.reduce values each), added in block order.  Entries go
+ * LN_SUM_WIDTH at a time, so that their independent chains of adds overlap
+ * (one entry at a time, the add latency made this merge 9% of the backward on
+ * (4096, 768)); each entry's order, and so its bits, is unchanged. */
+#define LN_SUM_WIDTH 8
+static inline void ln_sum_partials(const ln_backward_args *a, const double *partial, int64_t blocks, int64_t begin,
+                                   int64_t end)
 {
     const int64_t n = a->layout.reduce;
-    double w = 0, b = 0;
-    for (int64_t block = 0; block < blocks; block++) {
-        w += partial[2 * block * n + j];
-        b += partial[(2 * block + 1) * n + j];
+    for (int64_t j0 = begin; j0 < end; j0 += LN_SUM_WIDTH) {
+        const int64_t width = end - j0 < LN_SUM_WIDTH ? end - j0 : LN_SUM_WIDTH;
+        double w[LN_SUM_WIDTH] = {0}, b[LN_SUM_WIDTH] = {0};
+        for (int64_t block = 0; block < blocks; block++) {
+            const double *pw = partial + 2 * block * n + j0, *pb = pw + n;
+            if (width == LN_SUM_WIDTH) {
+                for (int k = 0; k < LN_SUM_WIDTH; k++) {
+                    w[k] += pw[k];
+                    b[k] += pb[k];
+                }
+            } else {
+                for (int64_t k = 0; k < width; k++) {
+                    w[k] += pw[k];
+                    b[k] += pb[k];
+                }
+            }
+        }
+        for (int64_t k = 0; k < width; k++) {
+            if (a->dweight) ((C *)a->dweight)[j0 + k] = (C)w[k];
+            if (a->dbias) ((C *)a->dbias)[j0 + k] = (C)b[k];
+        }
     }
-    if (a->dweight) ((C *)a->dweight)[j] = (C)w;
-    if (a->dbias) ((C *)a->dbias)[j] = (C)b;
+}
+
+/* All of ln_sum_partials, shared by the threads of the enclosing parallel
+ * region (an orphaned `omp for`: chunks of LN_SUM_CHUNK entries). */
+#define LN_SUM_CHUNK 256
+static inline void ln_sum_partials_shared(const ln_backward_args *a, const double *partial, int64_t blocks)
+{
+    const int64_t n = a->layout.reduce;
+    #pragma omp for schedule(static)
+    for (int64_t j = 0; j < n; j += LN_SUM_CHUNK) ln_sum_partials(a, partial, blocks, j, j + LN_SUM_CHUNK < n ? j + LN_SUM_CHUNK : n);
 }
 
 static inline int ln_parallel_if(int64_t elements, int num_threads)

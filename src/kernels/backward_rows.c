@@ -84,7 +84,7 @@ typedef struct { C mean, rstd, mean_g, mean_gx; } row_coefficients;
  * dx comes from the buffer pool, whose blocks are. */
 static inline int dx_streamed(const ln_backward_args *a)
 {
-    return ln_stream_rows(a->dx, a->layout.outer, a->layout.reduce) && (uintptr_t)a->dx % 64 == 0;
+    return ln_stream_rows(a->dx, a->layout.outer, a->layout.reduce, 3) && (uintptr_t)a->dx % 64 == 0;
 }
 
 /* Stream dweight/dbias (when each is written once, see backward_long_rows)?
@@ -245,7 +245,7 @@ static int backward_row_blocks(const ln_backward_args *a)
         /* small call: no OpenMP region at all, its start-up costs microseconds */
         for (int64_t b = 0; b < blocks; b++) backward_row_block(a, b, rows_per_block, group, partial, stream);
         if (stream) ln_stream_fence();
-        for (int64_t j = 0; want_params && j < cols; j++) ln_sum_partials(a, partial, blocks, j);
+        if (want_params) ln_sum_partials(a, partial, blocks, 0, cols);
         free(partial);
         return LN_OK;
     }
@@ -256,8 +256,7 @@ static int backward_row_blocks(const ln_backward_args *a)
         for (int64_t b = 0; b < blocks; b++) backward_row_block(a, b, rows_per_block, group, partial, stream);
         if (stream) ln_stream_fence();
         if (want_params) {
-            #pragma omp for schedule(static)
-            for (int64_t j = 0; j < cols; j++) ln_sum_partials(a, partial, blocks, j);
+            ln_sum_partials_shared(a, partial, blocks);
         }
     }
     free(partial);
@@ -354,10 +353,7 @@ static int backward_long_rows(const ln_backward_args *a)
             }
         }
         if (stream || stream_params) ln_stream_fence();
-        if (wide) {
-            #pragma omp for schedule(static)
-            for (int64_t j = 0; j < cols; j++) ln_sum_partials(a, wide_sums, 1, j);
-        }
+        if (wide) ln_sum_partials_shared(a, wide_sums, 1);
     }
     free(partial);
     free(wide_sums);

@@ -221,7 +221,7 @@ int FN(backward_strided)(const ln_backward_args *a)
         free(st);
     }
     if (status == LN_OK) {
-        for (int64_t r = 0; r < reduce; r++) ln_sum_partials(a, partial, items, r);
+        ln_sum_partials(a, partial, items, 0, reduce);
     }
     free(partial);
     return status;
