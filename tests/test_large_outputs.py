@@ -27,11 +27,11 @@ def misaligned_empty(shape, dtype, offset_items):
 
 
 @pytest.mark.parametrize("dtype", ALL_DTYPES)
-@pytest.mark.parametrize("rows_kind", ["many rows", "short rows", "split rows"])
+@pytest.mark.parametrize("rows_kind", ["many rows", "2 KB rows", "short rows", "split rows"])
 def test_streamed_outputs_have_the_bits_of_small_calls(simd, rng, dtype, rows_kind):
     itemsize = np.dtype(dtype).itemsize
     if rows_kind != "split rows":
-        cols = 4096 if rows_kind == "many rows" else 64
+        cols = {"many rows": 4096, "2 KB rows": 2048 // itemsize, "short rows": 64}[rows_kind]
         # short rows: a last row group of 3 rows; written through an L1
         # buffer when the output is off a 64-byte line
         shape = (FORWARD_OUTPUT_BYTES // (cols * itemsize) + (3 if rows_kind == "short rows" else 0), cols)

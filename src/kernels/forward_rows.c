@@ -29,14 +29,29 @@ typedef struct {
                 * so x and residual must not be overwritten by y or sum_out */
 } stream_plan;
 
-/* Rows shorter than 4 KB stream their outputs only where one vector store
- * fills a whole line (AVX-512 float32/float64): (262144, 64) float32, 2
- * threads, y aligned, took 0.86x the time at AVX-512 (float64 0.69x, rms
- * 0.88x, fused add 0.79x) but 1.09x at AVX2 and 1.27x at the baseline, whose
- * streams fill a line in 2 or 4 stores; float16 at AVX-512 0.98x. */
+/* The shortest rows whose outputs stream (ln_stream_rows decides the rest).
+ * Where one vector store fills a whole line (AVX-512 float32/float64), any:
+ * (262144, 64) float32, 2 threads, y aligned, took 0.86x the time (float64
+ * 0.69x, rms 0.88x, fused add 0.79x).  Elsewhere rows of 2 KB: with two or
+ * four stores a line, (262144, 64) float32 took 1.09x at AVX2 and 1.27x at
+ * the baseline, float16 0.98x at AVX-512; rows of 2 KB gained: (32768, 512)
+ * float32 0.90x to 0.93x at AVX2, 0.98x at the baseline, (16384, 1024)
+ * float16 0.89x to 0.94x at AVX-512, 0.87x at AVX2, bfloat16 0.92x to 0.96x
+ * at AVX-512.  bfloat16 at AVX2, bound by its rounding, lost: 1.05x to
+ * 1.09x at (16384, 1024), and rows of 4 KB, streamed before, took 0.975x
+ * the time without (8192, 2048).  (The long-row split streams by
+ * ln_stream_rows alone: without streaming, bfloat16 (1, 16777216) took
+ * 1.17x at AVX2.) */
+#if LN_VECTOR_BYTES == 64 && (LN_DT == LN_DT_FLOAT32 || LN_DT == LN_DT_FLOAT64)
+#define STREAMED_ROW_MIN_BYTES 0
+#elif LN_VECTOR_BYTES == 32 && LN_DT == LN_DT_BFLOAT16
+#define STREAMED_ROW_MIN_BYTES INT64_MAX   /* never */
+#else
+#define STREAMED_ROW_MIN_BYTES 2048
+#endif
 static inline int stream_row_outputs(const void *y, int64_t rows, int64_t cols)
 {
-    return ln_stream_rows(y, rows, cols, FORWARD_ARRAYS) && (cols * (int64_t)sizeof(E) >= 4096 || VL * (int64_t)sizeof(E) == 64);
+    return ln_stream_rows(y, rows, cols, FORWARD_ARRAYS) && cols * (int64_t)sizeof(E) >= STREAMED_ROW_MIN_BYTES;
 }
 
 /* Rows shorter than 4 KB, of whole lines, that stream_row_outputs does not
