@@ -1,6 +1,6 @@
 """Outputs are written with streaming stores when the arrays a call reads and
 writes take 32 MB or more together (LN_STREAM_MIN_BYTES): the forward's x and
-y, the backward's x, dy and dx.  Rows must be of whole 4 KB lines, or of
+y, the fused add's x, residual, sum and y, the backward's x, dy and dx.  Rows must be of whole 4 KB lines, or of
 whole 64-byte lines when the output starts on a line.  Streamed outputs must
 give the same bits as the ordinary stores of a small call on the same rows,
 for any alignment of the output (the unaligned ends of each row are stored
@@ -13,6 +13,7 @@ from conftest import ALL_DTYPES, FLOAT32, random_params, use_threads
 
 STREAMED_BYTES = 32 << 20
 FORWARD_OUTPUT_BYTES = STREAMED_BYTES // 2          # x and y: 32 MB
+FUSED_ADD_OUTPUT_BYTES = STREAMED_BYTES // 4        # x, residual, sum and y
 BACKWARD_OUTPUT_BYTES = 11 << 20                   # x, dy and dx: 33 MB
 
 
@@ -93,7 +94,7 @@ def test_streamed_backward_has_the_bits_of_small_calls(simd, rng, dtype, rows_ki
 def test_streamed_fused_add_has_the_bits_of_small_calls(simd, rng, dtype, cols):
     """The fused add streams its sum too and recomputes x + residual instead
     of reading the sum back; in place (sum_out=residual) it cannot."""
-    shape = (FORWARD_OUTPUT_BYTES // (cols * np.dtype(dtype).itemsize), cols)
+    shape = (FUSED_ADD_OUTPUT_BYTES // (cols * np.dtype(dtype).itemsize), cols)
     x = rng.standard_normal(shape).astype(dtype)
     r = (rng.standard_normal(shape) + 3.0).astype(dtype)
     weight, bias = random_params(rng, shape[1:], dtype)

@@ -14,10 +14,12 @@
 
 typedef struct { C hi, lo, scale; } row_transform;
 
-/* The arrays of y's size that ln_stream_rows counts for the forward: x and
- * y.  The fused add counts the same two: counting its four (x, residual,
- * sum, y) streamed (4096, 768) float32, which took 1.03x the time. */
+/* The arrays of y's size that ln_stream_rows counts: the forward's x and y,
+ * the fused add's x, residual, sum and y.  Fused add (4096, 768) float32, 2
+ * threads, streamed against not: 0.82x to 0.84x the time with the machine
+ * busy (load 1.7), 1.03x when it was quiet (load 0.8). */
 #define FORWARD_ARRAYS 2
+#define FUSED_ADD_ARRAYS 4
 
 /* Where the forward streams its outputs (see ln_stream_rows). */
 typedef struct {
@@ -49,9 +51,9 @@ typedef struct {
 #else
 #define STREAMED_ROW_MIN_BYTES 2048
 #endif
-static inline int stream_row_outputs(const void *y, int64_t rows, int64_t cols)
+static inline int stream_row_outputs(const void *y, int64_t rows, int64_t cols, int arrays)
 {
-    return ln_stream_rows(y, rows, cols, FORWARD_ARRAYS) && cols * (int64_t)sizeof(E) >= STREAMED_ROW_MIN_BYTES;
+    return ln_stream_rows(y, rows, cols, arrays) && cols * (int64_t)sizeof(E) >= STREAMED_ROW_MIN_BYTES;
 }
 
 /* Rows shorter than 4 KB, of whole lines, that stream_row_outputs does not
@@ -65,20 +67,21 @@ static inline int stream_row_outputs(const void *y, int64_t rows, int64_t cols)
  * buffer, lost too: AVX2 float32 1.21x, baseline 1.17x to 1.24x, AVX-512
  * float16 1.00x to 1.04x. */
 #define LN_STAGED_BYTES (LN_ROW_GROUP * 4096)
-static inline int stage_row_outputs(const void *y, int64_t rows, int64_t cols)
+static inline int stage_row_outputs(const void *y, int64_t rows, int64_t cols, int arrays)
 {
     const int64_t row_bytes = cols * (int64_t)sizeof(E);
-    return LN_CAN_STREAM && VL * (int64_t)sizeof(E) == 64 && FORWARD_ARRAYS * rows * row_bytes >= LN_STREAM_MIN_BYTES
+    return LN_CAN_STREAM && VL * (int64_t)sizeof(E) == 64 && arrays * rows * row_bytes >= LN_STREAM_MIN_BYTES
            && row_bytes < 4096 && row_bytes % 64 == 0 && (uintptr_t)y % sizeof(E) == 0
-           && !stream_row_outputs(y, rows, cols);
+           && !stream_row_outputs(y, rows, cols, arrays);
 }
 
 static inline stream_plan plan_streams(const ln_forward_args *a)
 {
     const int64_t rows = a->layout.outer, cols = a->layout.reduce, bytes = rows * cols * (int64_t)sizeof(E);
-    stream_plan plan = {stream_row_outputs(a->y, rows, cols), stage_row_outputs(a->y, rows, cols), 0};
+    const int arrays = a->residual ? FUSED_ADD_ARRAYS : FORWARD_ARRAYS;
+    stream_plan plan = {stream_row_outputs(a->y, rows, cols, arrays), stage_row_outputs(a->y, rows, cols, arrays), 0};
     if (plan.y && a->residual)
-        plan.sum = stream_row_outputs(a->sum_out, rows, cols) && ln_outputs_apart_from_inputs(a, bytes);
+        plan.sum = stream_row_outputs(a->sum_out, rows, cols, arrays) && ln_outputs_apart_from_inputs(a, bytes);
     return plan;
 }
 
@@ -324,7 +327,7 @@ static int forward_split_rows(const ln_forward_args *a, const C *recip)
     const int rms = a->mode == LN_MODE_RMS_NORM;
     /* blocks of whole lines (LN_BLOCK elements) in rows of whole lines; the
      * sum is read back from memory here anyway, so it is not streamed */
-    const int stream = ln_stream_rows(a->y, rows, cols, FORWARD_ARRAYS);
+    const int stream = ln_stream_rows(a->y, rows, cols, a->residual ? FUSED_ADD_ARRAYS : FORWARD_ARRAYS);
     C shift[LN_MAX_FINISHED_ROWS] = {0};
     ln_moments stats[LN_MAX_FINISHED_ROWS] = {{0, 0, 0}};
     row_transform transform[LN_MAX_FINISHED_ROWS];
