@@ -1,10 +1,11 @@
 """Outputs are written with streaming stores when the arrays a call reads and
 writes take 32 MB or more together (LN_STREAM_MIN_BYTES): the forward's x and
-y, the fused add's x, residual, sum and y, the backward's x, dy and dx.  Rows must be of whole 4 KB lines, or of
-whole 64-byte lines when the output starts on a line.  Streamed outputs must
-give the same bits as the ordinary stores of a small call on the same rows,
-for any alignment of the output (the unaligned ends of each row are stored
-separately), in place and through the long-row split."""
+y, the fused add's x, residual, sum and y, the backward's x, dy and dx.  Rows
+must be of whole lines: of 2 KB or more, or shorter when the output starts on
+a line (see forward_rows.c for which levels and dtypes).  Streamed outputs
+must give the same bits as the ordinary stores of a small call on the same
+rows, for any alignment of the output (the unaligned ends of each row are
+stored separately), in place and through the long-row split."""
 import numpy as np
 import pytest
 

@@ -477,8 +477,8 @@ static inline void ln_stream_fence(void)
  * 16 bytes off a line (numpy.empty's usual address) the forward on
  * (262144, 64) float32 took 1.05x the time, with y aligned 0.86x (2 threads,
  * AVX-512); the backward 0.73x at AVX-512, 0.65x at AVX2, 0.83x at the
- * baseline.  (The forward takes short rows at AVX-512 only: see
- * forward_rows.c.) */
+ * baseline.  (The forward streams rows under 2 KB at AVX-512 float32/float64
+ * only: see forward_rows.c.) */
 static inline int ln_stream_rows(const void *y, int64_t rows, int64_t cols, int arrays)
 {
     const int64_t row_bytes = cols * (int64_t)sizeof(E);

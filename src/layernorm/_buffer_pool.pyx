@@ -12,7 +12,7 @@ other array is touched.  Blocks of at least ``MIN_POOLED_BYTES`` are kept, up
 to ``SLOTS`` blocks and ``LAYERNORM_BUFFER_POOL_MB`` (default 512, 0 turns
 the pool off) megabytes in all; a block is reused for a request of exactly
 its size.  New blocks start on a 64-byte cache line, which lets the kernels
-stream (non-temporal stores) outputs of 32 MB and more.
+stream (non-temporal stores) large outputs.
 """
 import os
 
