@@ -12,6 +12,8 @@
  *   E  storage type            C  compute type (float, or double for f64)
  *   V  vector of C, VL lanes   vd_add_widened  V added into VL doubles
  *   LOADV/STOREV/LOAD1/STORE1  conversions between storage and compute type
+ *   NARROWV                    half types at AVX2/AVX-512: V rounded to E in a
+ *                              register (STOREV stores it, STREAMV streams it)
  *   FN(name)                   ln_<name>_<dtype>_<isa>, the exported symbols
  * and includes lanes.h (reductions across a vector's lanes).
  */
@@ -423,27 +425,15 @@ static inline void stream_c(C *p, V v) { vstore_c(p, v); }
 #define LN_CAN_STREAM 1
 static inline void STREAMV(E *p, V v) { stream_c(p, v); }   /* p aligned to VL * sizeof(E) */
 static inline void ln_stream_fence(void) { _mm_sfence(); }
-#elif (LN_DT == LN_DT_FLOAT16 || LN_DT == LN_DT_BFLOAT16) && (defined(__x86_64__) || defined(__i386__)) \
-    && LN_VECTOR_BYTES >= 32 && defined(__AVX__)
-#include <immintrin.h>
+#elif (LN_DT == LN_DT_FLOAT16 || LN_DT == LN_DT_BFLOAT16) && defined(LN_NARROWV_IN_REGISTER)
 #define LN_CAN_STREAM 1
 static inline void STREAMV(E *p, V v)   /* p aligned to VL * sizeof(E) */
 {
-    /* STOREV's rounding (NARROWV, or else through a register-sized local),
-     * then one streaming store: the same bits as STOREV.  The local cost
-     * bfloat16 at AVX2 1.05x to 1.08x the time of plain stores. */
-#if LN_NARROWV_IN_REGISTER && LN_VECTOR_BYTES == 64
+    /* STOREV's rounding (NARROWV), then one streaming store: the same bits */
+#if LN_VECTOR_BYTES == 64
     _mm256_stream_si256((__m256i *)p, NARROWV(v));
-#elif LN_NARROWV_IN_REGISTER
-    _mm_stream_si128((__m128i *)p, NARROWV(v));
-#elif LN_VECTOR_BYTES == 64
-    __m256i narrow;
-    STOREV((E *)&narrow, v);
-    _mm256_stream_si256((__m256i *)p, narrow);
 #else
-    __m128i narrow;
-    STOREV((E *)&narrow, v);
-    _mm_stream_si128((__m128i *)p, narrow);
+    _mm_stream_si128((__m128i *)p, NARROWV(v));
 #endif
 }
 static inline void ln_stream_fence(void) { _mm_sfence(); }
@@ -621,16 +611,9 @@ static inline void ln_sum_partials(const ln_backward_args *a, const double *part
         double w[LN_SUM_WIDTH] = {0}, b[LN_SUM_WIDTH] = {0};
         for (int64_t block = 0; block < blocks; block++) {
             const double *pw = partial + 2 * block * n + j0, *pb = pw + n;
-            if (width == LN_SUM_WIDTH) {
-                for (int k = 0; k < LN_SUM_WIDTH; k++) {
-                    w[k] += pw[k];
-                    b[k] += pb[k];
-                }
-            } else {
-                for (int64_t k = 0; k < width; k++) {
-                    w[k] += pw[k];
-                    b[k] += pb[k];
-                }
+            for (int64_t k = 0; k < width; k++) {
+                w[k] += pw[k];
+                b[k] += pb[k];
             }
         }
         for (int64_t k = 0; k < width; k++) {

@@ -80,11 +80,13 @@ static inline row_sums sum_row(const E *x, const E *dy, const void *weight, int 
 
 typedef struct { C mean, rstd, mean_g, mean_gx; } row_coefficients;
 
-/* Stream dx (see ln_stream_rows)?  Only when every vector of it is aligned:
- * dx comes from the buffer pool, whose blocks are. */
+/* Stream dx (see ln_stream_rows; the call moves x, dy and dx)?  Only when
+ * every vector of it is aligned: dx comes from the buffer pool, whose blocks
+ * are. */
 static inline int dx_streamed(const ln_backward_args *a)
 {
-    return ln_stream_rows(a->dx, a->layout.outer, a->layout.reduce, 3) && (uintptr_t)a->dx % 64 == 0;
+    const int arrays_moved = 3;
+    return ln_stream_rows(a->dx, a->layout.outer, a->layout.reduce, arrays_moved) && (uintptr_t)a->dx % 64 == 0;
 }
 
 /* Stream dweight/dbias (when each is written once, see backward_long_rows)?
