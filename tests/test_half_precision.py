@@ -141,7 +141,8 @@ def test_empty(dtype):
     assert y.shape == (0, 3) and y.dtype == dtype and mean.dtype == np.float32
 
 
-@pytest.mark.parametrize("shape, axis", [((37, 1000), -1), ((3, 70001), -1), ((4, 7, 33, 35), 1), ((5, 6, 7), (0, 2))])
+@pytest.mark.parametrize("shape, axis", [((37, 1000), -1), ((3, 70001), -1), ((5, 32768), -1), ((4, 7, 33, 35), 1),
+                                         ((5, 6, 7), (0, 2))])
 def test_half_weights_read_natively_give_the_bits_of_float32_copies(simd, dtype, shape, axis):
     """Weights in x's half dtype are read by the kernels as they are; the
     conversion to float32 is exact, so the results must not change."""

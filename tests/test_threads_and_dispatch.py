@@ -219,3 +219,14 @@ def test_every_level_agrees_with_reference(rng, dtype, shape, axis):
         assert_matches_reference(y, ry, what=f"y at {level}")
         assert_close(mean, rmean, tol=1e-7 if dtype != FLOAT64 else 1e-12, what=f"mean at {level}")
         assert_close(rstd, rrstd, tol=2e-6 if dtype != FLOAT64 else 1e-12, what=f"rstd at {level}")
+
+
+def test_long_half_weights_are_read_natively_at_the_simd_levels(simd):
+    """Which half-precision weights the kernels read as they are: those
+    serving few rows, small calls, and at AVX2/AVX-512 weights of 32768
+    entries and more (their float32 copies would cost more than the call)."""
+    pay = _kernels.native_half_params_pay
+    assert pay(3 * 70001, 70001) and pay(1000, 100)
+    assert not pay(16384 * 1024, 1024) and not pay(4096 * 768, 768)
+    assert pay(64 * 262144, 262144) == (simd != "baseline")
+    assert pay(5 * 32768, 32768) == (simd != "baseline") and not pay(5 * 32767, 32767)

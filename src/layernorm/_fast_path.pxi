@@ -31,14 +31,27 @@ cdef object _BFLOAT16 = None     # set by _dtypes.py when ml_dtypes is installed
 cdef int64_t _SMALL_CALL_ELEMENTS = 32768
 
 
+# Weights of at least this many entries are read natively at the SIMD
+# levels: their float32 copies (128 KB and more) come from fresh pages every
+# call, and numpy converts float16 at about 1.2 ns an entry.
+cdef int64_t _NATIVE_PARAMS_MIN_ENTRIES = 32768
+
+
 cpdef bint native_half_params_pay(int64_t size, int64_t param_size):
     """Read half-precision weight/bias in x's dtype (converting each entry
     every time a row uses it) rather than a float32 copy (converted once per
     call)?  Native wins when each entry serves few rows (x at most 4x the
-    weight's size) or the call is small (the copy's own overhead dominates);
-    with many rows the copy wins (measured: (4096, 768) float16 ran at 1.2x
-    float32's throughput native, 1.9x copied)."""
-    return size <= 4 * param_size or size < _SMALL_CALL_ELEMENTS
+    weight's size), when the call is small (the copy's own overhead
+    dominates), and at the AVX2/AVX-512 levels for weights of 32768 entries
+    and more.  Forward, float16/bfloat16 weights, 2 threads, native time /
+    copy time: (64, 262144) 0.60/0.86 at AVX-512, 0.63/0.97 at AVX2
+    (rms_norm 0.55, fused add 0.60, backward 0.82 in float16 at AVX-512);
+    (512, 32768) 0.90/0.97 and 0.99/0.99.  Shorter weights: (1024, 16384)
+    0.95 at AVX-512 but 1.01 at AVX2, (16384, 1024) and (4096, 768) 0.97 to
+    1.07, so the copy stays.  The baseline level converts float16 in integer
+    code, and there native took 1.16x to 1.22x at every size."""
+    return (size <= 4 * param_size or size < _SMALL_CALL_ELEMENTS
+            or (param_size >= _NATIVE_PARAMS_MIN_ENTRIES and ln_simd_level() != LN_SIMD_BASELINE))
 
 
 def set_bfloat16_dtype(dtype):

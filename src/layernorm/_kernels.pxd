@@ -36,6 +36,7 @@ cdef extern from "layernorm/layernorm.h" nogil:
 
     int ln_forward(int dtype, const ln_forward_args *args)
     int ln_backward(int dtype, const ln_backward_args *args)
+    enum: LN_SIMD_BASELINE
     int ln_simd_level()
     int ln_simd_best_supported()
     int ln_simd_compiled_mask()
