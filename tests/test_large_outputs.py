@@ -126,6 +126,26 @@ def test_streamed_parameter_gradients_of_one_long_row(simd, rng):
 
 
 @pytest.mark.parametrize("dtype", ALL_DTYPES)
+def test_streamed_strided_fused_add_has_the_bits_of_small_calls(simd, rng, dtype):
+    """Over the middle axis, the fused add counts its four arrays: sums of
+    8 MB are streamed (also at AVX2), with the bits of a call on two outer
+    slices, in place on the residual too."""
+    shape = (FUSED_ADD_OUTPUT_BYTES // (64 * 4096 * np.dtype(dtype).itemsize), 64, 4096)
+    x = (rng.standard_normal(shape) + 5.0).astype(dtype)
+    r = rng.standard_normal(shape).astype(dtype)
+    weight, bias = random_params(rng, (64,), dtype)
+    small_y, small_s = ln.add_layer_norm(x[:2], r[:2], 1, weight, bias)
+    small_rms, _ = ln.add_rms_norm(x[:2], r[:2], 1, weight, eps=1e-6)
+    with use_threads(2):
+        y, s = ln.add_layer_norm(x, r, 1, weight, bias)
+        assert y[:2].tobytes() == small_y.tobytes() and s[:2].tobytes() == small_s.tobytes()
+        assert ln.add_rms_norm(x, r, 1, weight, eps=1e-6)[0][:2].tobytes() == small_rms.tobytes()
+        residual = r.copy()
+        in_place_y, _ = ln.add_layer_norm(x, residual, 1, weight, bias, sum_out=residual)
+        assert residual.tobytes() == s.tobytes() and in_place_y.tobytes() == y.tobytes()
+
+
+@pytest.mark.parametrize("dtype", ALL_DTYPES)
 def test_streamed_strided_outputs_have_the_bits_of_small_calls(simd, rng, dtype):
     """Over the middle axis of (outer, 64, 4096), outputs of 16 MB and more are
     streamed, the fused add's sum too (then x + residual is recomputed): the

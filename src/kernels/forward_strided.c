@@ -118,18 +118,26 @@ static inline __attribute__((always_inline)) void forward_columns(const ln_forwa
 }
 
 /* Stream the columns' output `out` (y, or the fused add's sum) of `bytes`
- * bytes?  Where one vector store fills a whole line (AVX-512 float32/float64)
- * and every column row starts on a line, when x and y together are beyond
- * the L3 (16 MB each: the output would not stay cached anyway).  NCHW
- * (32, 64, 56, 56), 2 threads: forward 0.90x the time, RMS 0.91x, float64
- * 0.93x; the fused add, whose sum is then streamed too and x + residual
- * recomputed in the second pass (as forward_rows does), 0.90x, float64
- * 0.85x.  At AVX2 (two stores a line) the forward took 1.28x, the fused add
- * 0.88x: not used there. */
-static inline int stream_columns(const void *out, int64_t inner, int64_t bytes)
+ * bytes?  When every column row starts on a line and the arrays the call
+ * moves (x and y; the fused add's x, residual, sum and y) together reach
+ * LN_STREAM_MIN_BYTES (the outputs would not stay cached anyway), as
+ * ln_stream_rows counts them.  Where one vector store fills a whole line
+ * (AVX-512 float32/float64): NCHW (32, 64, 56, 56), 2 threads: forward
+ * 0.90x the time, RMS 0.91x, float64 0.93x; the fused add, whose sum is then
+ * streamed too and x + residual recomputed in the second pass (as
+ * forward_rows does), 0.90x, float64 0.85x.  Counting the fused add's four
+ * arrays (it counted two before): (12, 64, 56, 56) 0.88x, add_rms 0.84x,
+ * (16, 64, 56, 56) 0.93x.  At AVX2 (two stores a line) the forward took
+ * 1.28x, so only the fused add streams there: (32, 64, 56, 56) 0.90x,
+ * float64 0.92x, add_rms 0.91x, (16, 64, 56, 56) 0.90x (float16, a quarter
+ * line a store, 1.00x: not streamed). */
+static inline int stream_columns(const ln_forward_args *a, const void *out, int64_t inner, int64_t bytes)
 {
-    return LN_CAN_STREAM && VL * (int64_t)sizeof(E) == 64 && (uintptr_t)out % 64 == 0
-           && inner * (int64_t)sizeof(E) % 64 == 0 && 2 * bytes >= LN_STREAM_MIN_BYTES;
+    const int arrays = a->residual ? 4 : 2;
+    const int64_t store_bytes = VL * (int64_t)sizeof(E);
+    const int stores_fill_lines = store_bytes == 64 || (a->residual && store_bytes == 32 && sizeof(E) == sizeof(C));
+    return LN_CAN_STREAM && stores_fill_lines && (uintptr_t)out % 64 == 0
+           && inner * (int64_t)sizeof(E) % 64 == 0 && arrays * bytes >= LN_STREAM_MIN_BYTES;
 }
 
 /* The positions at a tile's end that fill no whole vector: forward_columns'
@@ -196,8 +204,8 @@ int FN(forward_strided)(const ln_forward_args *a)
 
     const int64_t chunk = ln_dynamic_chunk(items, reduce * (inner < LN_TILE ? inner : LN_TILE), a->num_threads);
     const int64_t bytes = outer * reduce * inner * (int64_t)sizeof(E);
-    const int stream = stream_columns(a->y, inner, bytes);
-    const int stream_sum = stream && a->residual && stream_columns(a->sum_out, inner, bytes)
+    const int stream = stream_columns(a, a->y, inner, bytes);
+    const int stream_sum = stream && a->residual && stream_columns(a, a->sum_out, inner, bytes)
                            && ln_outputs_apart_from_inputs(a, bytes);
     #pragma omp parallel num_threads(a->num_threads) if (ln_parallel_if(outer * reduce * inner, a->num_threads))
     {
