@@ -91,6 +91,25 @@ def test_streamed_backward_has_the_bits_of_small_calls(simd, rng, dtype, rows_ki
 
 
 @pytest.mark.parametrize("dtype", ALL_DTYPES)
+def test_streamed_strided_backward_has_the_bits_of_small_calls(simd, rng, dtype):
+    """Over the middle axis of (outer, 64, 4096), dx of 11 MB is streamed: the
+    bits of a call on two outer slices, and the same at 1 and 2 threads."""
+    shape = (BACKWARD_OUTPUT_BYTES // (64 * 4096 * np.dtype(dtype).itemsize) + 1, 64, 4096)
+    x = (rng.standard_normal(shape) + 5.0).astype(dtype)
+    dy = rng.standard_normal(shape).astype(dtype)
+    weight = random_params(rng, (64,), dtype)[0]
+    _, mean, rstd = ln.layer_norm(x, 1, weight, return_stats=True)
+    with use_threads(2):
+        grads = ln.layer_norm_backward(dy, x, mean, rstd, 1, weight)
+    with use_threads(1):
+        again = ln.layer_norm_backward(dy, x, mean, rstd, 1, weight)
+    assert all(a.tobytes() == b.tobytes() for a, b in zip(grads, again)), "1 and 2 threads differ"
+    assert grads[0].ctypes.data % 64 == 0, "large outputs should come from the aligned pool"
+    small = ln.layer_norm_backward(dy[:2], x[:2], mean[:2], rstd[:2], 1, weight)[0]
+    assert grads[0][:2].tobytes() == small.tobytes()
+
+
+@pytest.mark.parametrize("dtype", ALL_DTYPES)
 @pytest.mark.parametrize("cols", [4096, 64])
 def test_streamed_fused_add_has_the_bits_of_small_calls(simd, rng, dtype, cols):
     """The fused add streams its sum too and recomputes x + residual instead
