@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 
 import layernorm as ln
-from conftest import (FLOAT32, FLOAT64, LAYOUTS, assert_close, axis_sets, check_layer_norm,
+from conftest import (ALL_DTYPES, FLOAT32, FLOAT64, LAYOUTS, assert_close, axis_sets, check_layer_norm,
                       in_layout, keepdims_shape, negative_form, param_shape, random_array,
                       random_params, ref, shape_axis_cases, stats_dtype, use_threads)
 
@@ -296,3 +296,28 @@ def test_non_finite_values_propagate(simd):
     y = ln.layer_norm(x)
     assert np.all(np.isnan(y[0])) and np.all(np.isnan(y[1]))
     assert np.array_equal(y[2], np.zeros(40, np.float32))
+
+
+@pytest.mark.parametrize("dtype", ALL_DTYPES)
+@pytest.mark.parametrize("cols", [16, 32, 64, 100, 128, 300])
+def test_a_row_has_the_same_bits_in_any_group(simd, rng, dtype, cols):
+    """Short rows are handled in groups of 8 or 16 whose lane sums are folded
+    together; a row's result must not depend on which rows share its group,
+    or where in the group it sits: slices at other offsets, and single rows,
+    give the full call's bits (layer norm, RMS norm, the fused add)."""
+    x = (rng.standard_normal((45, cols)) * 3 + 1).astype(dtype)
+    r = rng.standard_normal((45, cols)).astype(dtype)
+    weight, bias = random_params(rng, (cols,), dtype)
+    full = ln.layer_norm(x, -1, weight, bias, return_stats=True)
+    full_rms = ln.rms_norm(x, -1, weight, eps=1e-6, return_stats=True)
+    full_add = ln.add_layer_norm(x, r, -1, weight, bias)
+    for begin, end in [(0, 1), (3, 11), (7, 30), (17, 18), (29, 45)]:
+        part = ln.layer_norm(x[begin:end], -1, weight, bias, return_stats=True)
+        for got, want in zip(part, full):
+            assert got.tobytes() == want[begin:end].tobytes(), f"layer_norm rows {begin}:{end}"
+        part = ln.rms_norm(x[begin:end], -1, weight, eps=1e-6, return_stats=True)
+        for got, want in zip(part, full_rms):
+            assert got.tobytes() == want[begin:end].tobytes(), f"rms_norm rows {begin}:{end}"
+        part = ln.add_layer_norm(x[begin:end], r[begin:end], -1, weight, bias)
+        for got, want in zip(part, full_add):
+            assert got.tobytes() == want[begin:end].tobytes(), f"add_layer_norm rows {begin}:{end}"

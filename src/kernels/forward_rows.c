@@ -155,8 +155,23 @@ static void finish_rows(const ln_forward_args *a, int64_t first, int64_t count, 
  * still be in L2 for the second read (measured on (64, 262144) float32, 2
  * threads: 1-row groups take 0.86x to 0.92x the time of 8-row groups). */
 #define LN_ROW_GROUP_ELEMENTS 32768
-_Static_assert(LN_ROW_GROUP <= LN_MAX_FINISHED_ROWS, "a row group must fit finish_rows' buffers");
-_Static_assert(LN_ROW_GROUP == 8, "short_rows_statistics folds the lanes of 8 rows");
+/* Rows of at most LN_SHORT_GROUP_MAX_BYTES that take short_rows_statistics
+ * go 16 to a group, folded as two sets of 8: on such rows a group's time is
+ * set by chains of latency (the lane folds, the mean's divide, rstd's square
+ * root and divide), which the other set's work now fills.  The same bits
+ * (each row's arithmetic is its own).  A/B (bench/compare_builds.py), 2
+ * threads, against 8-row groups, AVX-512: (262144, 64) float16 0.89x the
+ * time, bfloat16 0.84x to 0.89x, float32 1.03x to 1.05x (1.07x staged),
+ * rms float16 0.81x, fused add float16 0.92x; (524288, 32) float32 0.85x,
+ * float16 1.02x; (131072, 128) float16 0.96x, bfloat16 1.03x.  AVX2
+ * (262144, 64): float32 0.89x, float16 0.96x, bfloat16 0.92x.  Float32
+ * rows of 400 and 512 bytes lost (1.04x to 1.13x, measured in one build). */
+#define LN_SHORT_ROW_GROUP 16
+#define LN_SHORT_GROUP_MAX_BYTES 256
+#define LN_MAX_ROW_GROUP LN_SHORT_ROW_GROUP
+_Static_assert(LN_MAX_ROW_GROUP <= LN_MAX_FINISHED_ROWS, "a row group must fit finish_rows' buffers");
+_Static_assert(LN_ROW_GROUP == 8 && LN_SHORT_ROW_GROUP == 16, "short_rows_statistics folds one or two sets of 8 rows");
+_Static_assert(LN_SHORT_ROW_GROUP * LN_SHORT_GROUP_MAX_BYTES <= LN_STAGED_BYTES, "a short-row group must fit the staging buffer");
 
 /* The fused add's sum_out for the row at `offset` (nothing without one). */
 static inline void store_row_sum(const ln_forward_args *a, int64_t offset, int sum_streamed)
@@ -204,14 +219,15 @@ static inline __attribute__((always_inline)) C prepare_row(const ln_forward_args
  * the bytes, set the time.  Each row's fused add comes just before its first
  * pass, so that the rows are read in order. */
 static inline __attribute__((always_inline)) void short_rows_statistics(const ln_forward_args *a, int64_t first, int64_t count,
-                                                                         int sum_streamed, C *shift, ln_moments *stats)
+                                                                         const int folded, int sum_streamed, C *shift,
+                                                                         ln_moments *stats)
 {
     const int64_t cols = a->layout.reduce;
     const int rms = a->mode == LN_MODE_RMS_NORM;
-    V partial[LN_ROW_GROUP];
-    C sums[LN_ROW_GROUP], mean[LN_ROW_GROUP] = {0};
+    V partial[LN_MAX_ROW_GROUP];
+    C sums[LN_MAX_ROW_GROUP], mean[LN_MAX_ROW_GROUP];
 #define LN_ROW_SRC(g) row_source(a, (first + (g)) * cols, sum_streamed)
-    for (int64_t g = 0; g < LN_ROW_GROUP; g++) {
+    for (int64_t g = 0; g < folded; g++) {
         partial[g] = vbroadcast(0);
         if (g >= count) continue;
         const int64_t offset = (first + g) * cols;
@@ -227,7 +243,7 @@ static inline __attribute__((always_inline)) void short_rows_statistics(const ln
         shift[g] = cols >= VL ? load_or_sum(src.data, src.addend, 0)[0] : load1_or_sum(src.data, src.addend, 0);
         partial[g] = partial_shifted_sum(src.data, src.addend, cols, shift[g]);
     }
-    lanes_sum_8(partial, sums);
+    for (int64_t h = 0; h < folded; h += 8) lanes_sum_8(partial + h, sums + h);
     if (rms) {
         for (int64_t g = 0; g < count; g++) {
             const row_data src = LN_ROW_SRC(g);
@@ -238,10 +254,10 @@ static inline __attribute__((always_inline)) void short_rows_statistics(const ln
     }
     for (int64_t g = 0; g < count; g++)
         mean[g] = (sums[g] + tail_shifted_sum(LN_ROW_SRC(g).data, LN_ROW_SRC(g).addend, cols, shift[g])) / (C)cols;
-    for (int64_t g = 0; g < LN_ROW_GROUP; g++)
+    for (int64_t g = 0; g < folded; g++)
         partial[g] = g < count ? partial_squared_deviations(LN_ROW_SRC(g).data, LN_ROW_SRC(g).addend, cols, shift[g], mean[g])
                                : vbroadcast(0);
-    lanes_sum_8(partial, sums);
+    for (int64_t h = 0; h < folded; h += 8) lanes_sum_8(partial + h, sums + h);
     for (int64_t g = 0; g < count; g++) {
         const row_data src = LN_ROW_SRC(g);
         const double m2 = (double)sums[g] + (double)tail_squared_deviations(src.data, src.addend, cols, shift[g], mean[g]);
@@ -270,21 +286,32 @@ static inline __attribute__((always_inline)) void normalize_group_staged(const l
     LN_STREAMED_SPAN(y, count * cols, LOADV(staged + i));
 }
 
+/* GCC cannot see that both statistics paths set stats[g] for every g <
+ * count before finish_rows reads them. */
+#pragma GCC diagnostic push
+#pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
 static inline __attribute__((always_inline)) void row_group_body(const ln_forward_args *a, int64_t first, int64_t count,
                                                                   const C *recip, stream_plan streams)
 {
     const int64_t cols = a->layout.reduce;
     const int rms = a->mode == LN_MODE_RMS_NORM;
-    C shift[LN_ROW_GROUP] = {0};
-    ln_moments stats[LN_ROW_GROUP] = {{0, 0, 0}};
-    row_transform t[LN_ROW_GROUP];
+    /* the general path's statistics start at zero for the group's rows only
+     * (zeroing all 16 rows' for every group cost (262144, 64) float32 1.2x
+     * the time); the short-row path sets every row's */
+    C shift[LN_MAX_ROW_GROUP] = {0};
+    ln_moments stats[LN_MAX_ROW_GROUP];
+    row_transform t[LN_MAX_ROW_GROUP];
 #if LN_SHORT_ROW_MAX_COLS > 0
     if (cols <= LN_SHORT_ROW_MAX_COLS) {
-        short_rows_statistics(a, first, count, streams.sum, shift, stats);
+        /* `folded` (count rounded up to sets of 8, the last padded with
+         * zeros) a constant, so that the partial sums stay in registers */
+        if (count > 8) short_rows_statistics(a, first, count, 16, streams.sum, shift, stats);
+        else short_rows_statistics(a, first, count, 8, streams.sum, shift, stats);
     } else
 #endif
     {
         for (int64_t g = 0; g < count; g++) {
+            stats[g] = (ln_moments){0, 0, 0};
             shift[g] = prepare_row(a, first + g, streams.sum, rms);
             const row_data src = row_source(a, (first + g) * cols, streams.sum);
             for (int64_t start = 0; start < cols; start += LN_BLOCK)
@@ -305,6 +332,8 @@ static inline __attribute__((always_inline)) void row_group_body(const ln_forwar
                        a->weight, a->bias, a->params_in_storage_type, streams.y);
     }
 }
+
+#pragma GCC diagnostic pop
 
 /* The body specialized on whether the sum is recomputed, so that the usual
  * case reads its data without a per-vector test for an addend. */
@@ -382,7 +411,9 @@ int FN(forward_rows)(const ln_forward_args *a)
     if (rows < LN_SPLIT_BELOW_ROWS && cols > LN_BLOCK && rows * cols >= LN_PARALLEL_MIN_ELEMENTS)
         return forward_split_rows(a, recip);
     const stream_plan streams = plan_streams(a);
-    const int64_t group = ln_rows_per_group(LN_ROW_GROUP_ELEMENTS, cols, LN_ROW_GROUP);
+    const int short_group = LN_SHORT_ROW_MAX_COLS > 0 && cols * (int64_t)sizeof(E) <= LN_SHORT_GROUP_MAX_BYTES;
+    const int64_t most = short_group ? LN_SHORT_ROW_GROUP : LN_ROW_GROUP;
+    const int64_t group = ln_rows_per_group(LN_ROW_GROUP_ELEMENTS, cols, most);
     const int64_t groups = (rows + group - 1) / group;
 #define LN_GROUP_AT(g) forward_row_group(a, (g) * group, rows - (g) * group < group ? rows - (g) * group : group, recip, streams)
     if (!ln_parallel_if(rows * cols, a->num_threads)) {
