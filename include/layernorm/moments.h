@@ -9,7 +9,7 @@
  * the mean is carried as the pair (shift, mean of shifted data).
  * RMS norm: sum of squares in the same lanes.
  * Short rows (one block) take their moments from the partial sums below,
- * eight rows at a time (forward_rows.c).
+ * in sets of eight rows (forward_rows.c).
  * `addend` (may be NULL): the data is x + addend as the storage type holds
  * it (the fused add, when its stored sum is not read back).
  */
