@@ -14,15 +14,6 @@
 
 typedef struct { C hi, lo, scale; } row_transform;
 
-/* The arrays of y's size that ln_stream_rows counts: the forward's x and y,
- * the fused add's x, residual, sum and y.  Fused add (4096, 768) float32, 2
- * threads, streamed against not: 0.82x to 0.84x the time with the machine
- * busy (load 1.7), 1.03x when it was quiet (load 0.8). */
-static inline int arrays_moved(const ln_forward_args *a)
-{
-    return a->residual ? 4 : 2;
-}
-
 /* Where the forward streams its outputs (see ln_stream_rows). */
 typedef struct {
     int y;     /* y */
@@ -80,7 +71,7 @@ static inline int stage_row_outputs(const void *y, int64_t rows, int64_t cols, i
 static inline stream_plan plan_streams(const ln_forward_args *a)
 {
     const int64_t rows = a->layout.outer, cols = a->layout.reduce, bytes = rows * cols * (int64_t)sizeof(E);
-    const int arrays = arrays_moved(a);
+    const int arrays = ln_forward_arrays_moved(a);
     stream_plan plan = {stream_row_outputs(a->y, rows, cols, arrays), stage_row_outputs(a->y, rows, cols, arrays), 0};
     if (plan.y && a->residual)
         plan.sum = stream_row_outputs(a->sum_out, rows, cols, arrays) && ln_outputs_apart_from_inputs(a, bytes);
@@ -358,7 +349,7 @@ static int forward_split_rows(const ln_forward_args *a, const C *recip)
     const int rms = a->mode == LN_MODE_RMS_NORM;
     /* blocks of whole lines (LN_BLOCK elements) in rows of whole lines; the
      * sum is read back from memory here anyway, so it is not streamed */
-    const int stream = ln_stream_rows(a->y, rows, cols, arrays_moved(a));
+    const int stream = ln_stream_rows(a->y, rows, cols, ln_forward_arrays_moved(a));
     C shift[LN_MAX_FINISHED_ROWS] = {0};
     ln_moments stats[LN_MAX_FINISHED_ROWS] = {{0, 0, 0}};
     row_transform transform[LN_MAX_FINISHED_ROWS];
