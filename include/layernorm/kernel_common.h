@@ -321,8 +321,14 @@ static inline __m128i NARROWV(V v)
     const __m256i rounded = _mm256_add_epi32(_mm256_add_epi32(bits, _mm256_set1_epi32(0x7FFF)), lsb);
     const __m256i is_nan = _mm256_castps_si256(_mm256_cmp_ps((__m256)v, (__m256)v, _CMP_UNORD_Q));
     const __m256i quiet = _mm256_or_si256(bits, _mm256_set1_epi32(0x00400000));
-    const __m256i top = _mm256_srli_epi32(_mm256_blendv_epi8(rounded, quiet, is_nan), 16);
-    return _mm_packus_epi32(_mm256_castsi256_si128(top), _mm256_extracti128_si256(top, 1));
+    const __m256i top = _mm256_blendv_epi8(rounded, quiet, is_nan);
+    /* the top half of each float: gathered into the low 8 bytes of each
+     * 128-bit lane, then the two lanes' low quadwords joined (one op fewer
+     * than a shift, an extract and a pack) */
+    const __m256i top_halves = _mm256_setr_epi8(2, 3, 6, 7, 10, 11, 14, 15, -1, -1, -1, -1, -1, -1, -1, -1,
+                                                2, 3, 6, 7, 10, 11, 14, 15, -1, -1, -1, -1, -1, -1, -1, -1);
+    const __m256i gathered = _mm256_shuffle_epi8(top, top_halves);
+    return _mm256_castsi256_si128(_mm256_permute4x64_epi64(gathered, 0x08));
 }
 static inline void STOREV(E *p, V v) { _mm_storeu_si128((__m128i *)p, NARROWV(v)); }
 #elif LN_VECTOR_BYTES == 16 && defined(__SSE2__)
