@@ -493,6 +493,17 @@ static inline int ln_stream_rows(const void *y, int64_t rows, int64_t cols, int 
            && (row_bytes >= 4096 || (uintptr_t)y % 64 == 0);
 }
 
+/* Stream a strided-layout output at `out` ([outer][reduce][inner], `bytes`
+ * bytes), when the call moves `arrays` arrays of its size (as
+ * ln_stream_rows counts them)?  Every column row must start on a line, so
+ * that whole vectors are streamed; at which levels and dtypes streaming pays
+ * is the caller's rule (forward_strided.c, backward_strided.c). */
+static inline int ln_stream_columns(const void *out, int64_t inner, int64_t bytes, int arrays)
+{
+    return LN_CAN_STREAM && (uintptr_t)out % 64 == 0 && inner * (int64_t)sizeof(E) % 64 == 0
+           && arrays * bytes >= LN_STREAM_MIN_BYTES;
+}
+
 /* Four independent accumulators per lane hide the add/FMA latency. */
 #define LN_ACCUMULATORS 4
 /* Reductions along a row run over fixed blocks of this many elements whose

@@ -24,8 +24,7 @@ static inline int dx_streamed(const ln_backward_args *a)
 {
     const int arrays_moved = 3;
     const int64_t bytes = a->layout.outer * a->layout.reduce * a->layout.inner * (int64_t)sizeof(E);
-    return LN_CAN_STREAM && VL * (int64_t)sizeof(E) == 64 && (uintptr_t)a->dx % 64 == 0
-           && a->layout.inner * (int64_t)sizeof(E) % 64 == 0 && arrays_moved * bytes >= LN_STREAM_MIN_BYTES;
+    return VL * (int64_t)sizeof(E) == 64 && ln_stream_columns(a->dx, a->layout.inner, bytes, arrays_moved);
 }
 
 typedef struct {

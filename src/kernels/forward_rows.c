@@ -296,8 +296,8 @@ static inline __attribute__((always_inline)) void row_group_body(const ln_forwar
     if (cols <= LN_SHORT_ROW_MAX_COLS) {
         /* `folded` (count rounded up to sets of 8, the last padded with
          * zeros) a constant, so that the partial sums stay in registers */
-        if (count > 8) short_rows_statistics(a, first, count, 16, streams.sum, shift, stats);
-        else short_rows_statistics(a, first, count, 8, streams.sum, shift, stats);
+        if (count > LN_ROW_GROUP) short_rows_statistics(a, first, count, LN_SHORT_ROW_GROUP, streams.sum, shift, stats);
+        else short_rows_statistics(a, first, count, LN_ROW_GROUP, streams.sum, shift, stats);
     } else
 #endif
     {

@@ -133,11 +133,9 @@ static inline __attribute__((always_inline)) void forward_columns(const ln_forwa
  * line a store, 1.00x: not streamed). */
 static inline int stream_columns(const ln_forward_args *a, const void *out, int64_t inner, int64_t bytes)
 {
-    const int arrays = ln_forward_arrays_moved(a);
     const int64_t store_bytes = VL * (int64_t)sizeof(E);
     const int stores_fill_lines = store_bytes == 64 || (a->residual && store_bytes == 32 && sizeof(E) == sizeof(C));
-    return LN_CAN_STREAM && stores_fill_lines && (uintptr_t)out % 64 == 0
-           && inner * (int64_t)sizeof(E) % 64 == 0 && arrays * bytes >= LN_STREAM_MIN_BYTES;
+    return stores_fill_lines && ln_stream_columns(out, inner, bytes, ln_forward_arrays_moved(a));
 }
 
 /* The positions at a tile's end that fill no whole vector: forward_columns'
