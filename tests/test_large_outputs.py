@@ -110,26 +110,40 @@ def test_streamed_strided_backward_has_the_bits_of_small_calls(simd, rng, dtype)
 
 
 @pytest.mark.parametrize("dtype", ALL_DTYPES)
-@pytest.mark.parametrize("cols", [4096, 64])
+@pytest.mark.parametrize("cols", [4096, 64, "split rows"])
 def test_streamed_fused_add_has_the_bits_of_small_calls(simd, rng, dtype, cols):
-    """The fused add streams its sum too and recomputes x + residual instead
-    of reading the sum back; in place (sum_out=residual) it cannot."""
-    shape = (FUSED_ADD_OUTPUT_BYTES // (cols * np.dtype(dtype).itemsize), cols)
+    """The fused add streams its sum too.  The row kernels recompute
+    x + residual instead of reading the sum back, which in place
+    (sum_out=residual or x) they cannot; the long-row split takes each block's
+    statistics from x + residual before streaming the block's sum, and reads
+    the sum back for y."""
+    itemsize = np.dtype(dtype).itemsize
+    if cols == "split rows":
+        shape = (2, FUSED_ADD_OUTPUT_BYTES // (2 * itemsize))   # fewer than 16 rows: split
+        probe = slice(1, 2)                                  # one row alone: half the bytes
+    else:
+        shape = (FUSED_ADD_OUTPUT_BYTES // (cols * itemsize), cols)
+        probe = slice(0, 3)
     x = rng.standard_normal(shape).astype(dtype)
     r = (rng.standard_normal(shape) + 3.0).astype(dtype)
     weight, bias = random_params(rng, shape[1:], dtype)
-    small_y, small_s = ln.add_layer_norm(x[:3], r[:3], -1, weight, bias)
-    small_rms = ln.add_rms_norm(x[:3], r[:3], -1, weight, eps=1e-6)[0]
+    small_y, small_s = ln.add_layer_norm(x[probe], r[probe], -1, weight, bias)
+    small_rms = ln.add_rms_norm(x[probe], r[probe], -1, weight, eps=1e-6)[0]
     with use_threads(2):
         y, s = ln.add_layer_norm(x, r, -1, weight, bias)
-        assert y[:3].tobytes() == small_y.tobytes() and s[:3].tobytes() == small_s.tobytes()
-        assert ln.add_rms_norm(x, r, -1, weight, eps=1e-6)[0][:3].tobytes() == small_rms.tobytes()
+        assert y[probe].tobytes() == small_y.tobytes() and s[probe].tobytes() == small_s.tobytes()
+        assert ln.add_rms_norm(x, r, -1, weight, eps=1e-6)[0][probe].tobytes() == small_rms.tobytes()
         out, sum_out = misaligned_empty(shape, dtype, 1), misaligned_empty(shape, dtype, 5)
         ln.add_layer_norm(x, r, -1, weight, bias, out=out, sum_out=sum_out)
         assert out.tobytes() == y.tobytes() and sum_out.tobytes() == s.tobytes()
         residual = r.copy()
         in_place_y, _ = ln.add_layer_norm(x, residual, -1, weight, bias, sum_out=residual)
         assert residual.tobytes() == s.tobytes() and in_place_y.tobytes() == y.tobytes()
+        on_x = x.copy()
+        on_x_y, _ = ln.add_layer_norm(on_x, r, -1, weight, bias, sum_out=on_x)
+        assert on_x.tobytes() == s.tobytes() and on_x_y.tobytes() == y.tobytes()
+    with use_threads(1):
+        assert ln.add_layer_norm(x, r, -1, weight, bias)[0].tobytes() == y.tobytes()
 
 
 def test_streamed_parameter_gradients_of_one_long_row(simd, rng):

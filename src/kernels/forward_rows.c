@@ -347,9 +347,14 @@ static int forward_split_rows(const ln_forward_args *a, const C *recip)
     ln_moments *partial = malloc((size_t)items * sizeof *partial);
     if (!partial) return LN_ERROR_NO_MEMORY;
     const int rms = a->mode == LN_MODE_RMS_NORM;
-    /* blocks of whole lines (LN_BLOCK elements) in rows of whole lines; the
-     * sum is read back from memory here anyway, so it is not streamed */
+    /* blocks of whole lines (LN_BLOCK elements) in rows of whole lines */
     const int stream = ln_stream_rows(a->y, rows, cols, ln_forward_arrays_moved(a));
+    /* The fused add's sum streams too: it is read back only after every
+     * block's statistics, long out of the caches, so a stored sum would cost
+     * its read-for-ownership for nothing.  The statistics then come from
+     * x + residual, read before the block's sum is written (sum_out may be
+     * the residual or x). */
+    const int stream_sum = stream && a->residual && ln_stream_rows(a->sum_out, rows, cols, ln_forward_arrays_moved(a));
     C shift[LN_MAX_FINISHED_ROWS] = {0};
     ln_moments stats[LN_MAX_FINISHED_ROWS] = {{0, 0, 0}};
     row_transform transform[LN_MAX_FINISHED_ROWS];
@@ -362,10 +367,17 @@ static int forward_split_rows(const ln_forward_args *a, const C *recip)
             const int64_t r = item / blocks_per_row, start = (item % blocks_per_row) * LN_BLOCK;
             const int64_t len = cols - start < LN_BLOCK ? cols - start : LN_BLOCK;
             const int64_t offset = r * cols + start;
+            if (stream_sum) {
+                partial[item] = block_statistics(row_source(a, offset, 1), 0, len, shift[r], recip, rms);
+                add_span((const E *)a->x + offset, (const E *)a->residual + offset, (E *)a->sum_out + offset, len, 1);
+                continue;
+            }
             if (a->residual)
                 add_span((const E *)a->x + offset, (const E *)a->residual + offset, (E *)a->sum_out + offset, len, 0);
             partial[item] = block_statistics(row_source(a, offset, 0), 0, len, shift[r], recip, rms);
         }
+        /* the streamed sum is read back after the barrier */
+        if (stream_sum) ln_stream_fence();
         #pragma omp single
         {
             for (int64_t r = 0; r < rows; r++) {
