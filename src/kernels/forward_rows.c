@@ -173,6 +173,10 @@ static inline void merge_statistics(ln_moments *acc, ln_moments part, int rms)
 /* The most rows finished together: a row group, or every row of the split path. */
 #define LN_MAX_FINISHED_ROWS LN_SPLIT_BELOW_ROWS
 
+/* Doubles in one vector register at this level. */
+#define LN_FINISH_VECTOR (LN_VECTOR_BYTES / 8)
+_Static_assert(LN_MAX_FINISHED_ROWS % LN_FINISH_VECTOR == 0, "finish_rows rounds row counts up to whole vectors");
+
 /* rstd (1/rms for RMS) of rows first..first+count-1 from their merged
  * statistics, their mean/rstd outputs and normalize-pass constants.  The
  * divides and square roots of all rows come first, off the rows' paths. */
@@ -181,8 +185,14 @@ static void finish_rows(const ln_forward_args *a, int64_t first, int64_t count, 
 {
     const int rms = a->mode == LN_MODE_RMS_NORM;
     const double inv_n = 1.0 / (double)a->layout.reduce;
-    double rstd[LN_MAX_FINISHED_ROWS];
-    for (int64_t g = 0; g < count; g++) rstd[g] = 1.0 / sqrt(stats[g].m2 * inv_n + a->eps);
+    /* whole vectors of rows (the unused slots at 1), so that the square
+     * roots and divides are vector instructions; each lane rounds as the
+     * scalar ones do */
+    const int64_t slots = (count + LN_FINISH_VECTOR - 1) / LN_FINISH_VECTOR * LN_FINISH_VECTOR;
+    double variance[LN_MAX_FINISHED_ROWS], rstd[LN_MAX_FINISHED_ROWS];
+    for (int64_t g = 0; g < count; g++) variance[g] = stats[g].m2 * inv_n + a->eps;
+    for (int64_t g = count; g < slots; g++) variance[g] = 1.0;
+    for (int64_t g = 0; g < slots; g++) rstd[g] = 1.0 / sqrt(variance[g]);
     for (int64_t g = 0; g < count; g++) {
         const int64_t r = first + g;
         t[g] = (row_transform){shift[g], rms ? (C)0 : (C)stats[g].mean, (C)rstd[g]};
@@ -296,8 +306,12 @@ static inline __attribute__((always_inline)) void short_rows_statistics(const ln
         }
         return;
     }
-    for (int64_t g = 0; g < count; g++)
-        mean[g] = (sums[g] + tail_shifted_sum(LN_ROW_SRC(g).data, LN_ROW_SRC(g).addend, cols, shift[g])) / (C)cols;
+    /* the means of all `folded` rows at once (padding rows sum to 0), so that
+     * the divides are vector instructions */
+    C tails[LN_MAX_ROW_GROUP];
+    for (int64_t g = 0; g < folded; g++)
+        tails[g] = g < count ? tail_shifted_sum(LN_ROW_SRC(g).data, LN_ROW_SRC(g).addend, cols, shift[g]) : 0;
+    for (int64_t g = 0; g < folded; g++) mean[g] = (sums[g] + tails[g]) / (C)cols;
     for (int64_t g = 0; g < folded; g++)
         partial[g] = g < count ? partial_squared_deviations(LN_ROW_SRC(g).data, LN_ROW_SRC(g).addend, cols, shift[g], mean[g])
                                : vbroadcast(0);
