@@ -33,6 +33,10 @@ SIMD_LEVELS = {
     "avx2": (32, ["-mavx2", "-mfma", "-mf16c"]),
     "avx512": (64, ["-mavx512f", "-mavx512dq", "-mavx512bw", "-mavx512vl", "-mavx2", "-mfma", "-mf16c"]),
 }
+# bfloat16 at the AVX-512 level, built a second time with AVX512-BF16's
+# conversion instruction (dispatch.c takes it when the CPU has it).
+BF16_VARIANT = "avx512bf16"
+BF16_VARIANT_FLAGS = SIMD_LEVELS["avx512"][1] + ["-mavx512bf16"]
 COMMON_FLAGS = ["-O3", "-std=gnu11", "-fno-math-errno", "-Wall", "-Wno-unknown-pragmas", "-Wno-psabi"]
 # The kernels are vectorized by hand, but the compiler's loop vectorizer also
 # takes some scalar loops (row tails, few columns, per-row finishes) and may
@@ -67,6 +71,11 @@ int main(void) { __m256 a = _mm256_fmadd_ps(_mm256_set1_ps(1), _mm256_set1_ps(2)
 #include <immintrin.h>
 int main(void) { __m512 a = _mm512_cvtph_ps(_mm256_set1_epi16(0));
                  return _mm512_reduce_add_ps(a) > 0; }
+""",
+    BF16_VARIANT: r"""
+#include <immintrin.h>
+int main(void) { __m256bh a = _mm512_cvtneps_pbh(_mm512_set1_ps(1));
+                 return _mm256_extract_epi16((__m256i)a, 0) != 0; }
 """,
 }
 
@@ -104,30 +113,35 @@ class build_ext_with_kernels(build_ext):
                     levels.append(level)
                 else:
                     warnings.warn(f"layernorm: the compiler cannot build {level} kernels; skipping them")
+        variants = []
+        if "avx512" in levels and compiles(compiler, SIMD_PROBES[BF16_VARIANT], COMMON_FLAGS + BF16_VARIANT_FLAGS):
+            variants.append(BF16_VARIANT)
         self.determinism_flags = next(
             (flags for flags in DETERMINISM_FLAG_CHOICES if compiles(compiler, "int main(void) { return 0; }",
                                                                      COMMON_FLAGS + flags + ["-Werror"])), [])
         if not self.determinism_flags:
             warnings.warn("layernorm: cannot keep the loop vectorizer from versioning loops; "
                           "last bits may depend on array addresses")
-        print(f"layernorm: OpenMP {'on' if openmp else 'off'}; SIMD levels built: {', '.join(levels)}; "
+        print(f"layernorm: OpenMP {'on' if openmp else 'off'}; SIMD levels built: {', '.join(levels)}"
+              f"{' (bfloat16 also with AVX512-BF16)' if variants else ''}; "
               f"vectorizer flags: {' '.join(self.determinism_flags)}")
-        level_macros = [(f"LN_BUILD_{level.upper()}", "1") for level in levels if level != "baseline"]
+        level_macros = [(f"LN_BUILD_{level.upper()}", "1") for level in levels + variants if level != "baseline"]
         for ext in self.extensions:
             if ext.name != "layernorm._kernels":
                 continue
-            ext.extra_objects += self.compile_kernels(ext, levels, openmp)
+            ext.extra_objects += self.compile_kernels(ext, levels, variants, openmp)
             ext.define_macros += level_macros
             ext.extra_compile_args += COMMON_FLAGS + openmp
             ext.extra_link_args += openmp
         super().build_extensions()
 
-    def compile_kernels(self, ext, levels, openmp):
-        """One object per (template, level, dtype), compiled in parallel."""
+    def compile_kernels(self, ext, levels, variants, openmp):
+        """One object per (template, level, dtype), and per template for the
+        bfloat16 variant, compiled in parallel."""
 
         def compile_one(job):
             level, dtype = job
-            vector_bytes, flags = SIMD_LEVELS[level]
+            vector_bytes, flags = (64, BF16_VARIANT_FLAGS) if level == BF16_VARIANT else SIMD_LEVELS[level]
             macros = [("LN_DT", str(DTYPES[dtype])), ("LN_DT_NAME", dtype), ("LN_ISA_NAME", level),
                       ("LN_VECTOR_BYTES", str(vector_bytes))]
             return self.compiler.compile(
@@ -139,7 +153,7 @@ class build_ext_with_kernels(build_ext):
                 depends=ext.depends,
             )
 
-        jobs = [(level, dtype) for level in levels for dtype in DTYPES]
+        jobs = [(level, dtype) for level in levels for dtype in DTYPES] + [(variant, "bf16") for variant in variants]
         with ThreadPoolExecutor(max_workers=os.cpu_count() or 1) as pool:
             return [obj for objects in pool.map(compile_one, jobs) for obj in objects]
 

@@ -81,6 +81,11 @@ int ln_simd_best_supported(void);
 int ln_simd_compiled_mask(void);            /* bit i set: level i was built */
 int ln_select_simd(int level);              /* LN_ERROR_ARGUMENT if unavailable */
 const char *ln_simd_name(int level);
+/* bfloat16 at the AVX-512 level: kernels built with AVX512-BF16's conversion
+ * (the same bits), taken by default where the CPU has it. */
+int ln_bf16_instructions_available(void);   /* built, and this CPU has AVX512-BF16 */
+int ln_use_bf16_instructions(int use);       /* allow them (default) or not */
+int ln_bf16_instructions_in_use(void);
 int ln_openmp_enabled(void);
 int ln_openmp_max_threads(void);
 int ln_openmp_set_threads(int n);

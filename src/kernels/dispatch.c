@@ -26,6 +26,9 @@ LN_DECLARE_LEVEL(avx2)
 #ifdef LN_BUILD_AVX512
 LN_DECLARE_LEVEL(avx512)
 #endif
+#ifdef LN_BUILD_AVX512BF16
+LN_DECLARE_KERNELS(bf16, avx512bf16)
+#endif
 
 #define LN_KERNEL_SET(dt, isa) \
     {ln_forward_rows_##dt##_##isa, ln_forward_strided_##dt##_##isa, \
@@ -37,7 +40,8 @@ LN_DECLARE_LEVEL(avx512)
 static struct {
     int level;                               /* -1 until first use */
     ln_kernel_set kernels[LN_NUM_DTYPES];
-} dispatch = {-1};
+    int bf16_instructions;                   /* AVX-512 level: take the AVX512-BF16 bfloat16 kernels where they run */
+} dispatch = {-1, {{0}}, 1};
 
 static const ln_kernel_set baseline_sets[LN_NUM_DTYPES] = LN_LEVEL_SETS(baseline);
 #ifdef LN_BUILD_AVX2
@@ -45,6 +49,9 @@ static const ln_kernel_set avx2_sets[LN_NUM_DTYPES] = LN_LEVEL_SETS(avx2);
 #endif
 #ifdef LN_BUILD_AVX512
 static const ln_kernel_set avx512_sets[LN_NUM_DTYPES] = LN_LEVEL_SETS(avx512);
+#endif
+#ifdef LN_BUILD_AVX512BF16
+static const ln_kernel_set avx512bf16_set = LN_KERNEL_SET(bf16, avx512bf16);
 #endif
 
 static const ln_kernel_set *level_sets(int level)
@@ -103,6 +110,28 @@ static int cpu_best_level(void)
 #endif
 }
 
+/* AVX512-BF16 (cpuid leaf 7, subleaf 1, EAX bit 5), on a CPU that runs the
+ * AVX-512 level. */
+static int cpu_has_avx512_bf16(void)
+{
+#ifdef LN_X86
+    unsigned int a, b, c, d;
+    if (cpu_best_level() < LN_SIMD_AVX512 || !__get_cpuid_count(7, 1, &a, &b, &c, &d)) return 0;
+    return (a >> 5) & 1;
+#else
+    return 0;
+#endif
+}
+
+int ln_bf16_instructions_available(void)
+{
+#ifdef LN_BUILD_AVX512BF16
+    return cpu_has_avx512_bf16();
+#else
+    return 0;
+#endif
+}
+
 int ln_simd_best_supported(void)
 {
     int level = cpu_best_level();
@@ -120,14 +149,37 @@ const char *ln_simd_name(int level)
     }
 }
 
+static void ensure_dispatch(void);
+
 int ln_select_simd(int level)
 {
     if (level < LN_SIMD_BASELINE || level > ln_simd_best_supported()) return LN_ERROR_ARGUMENT;
     const ln_kernel_set *sets = level_sets(level);
     if (!sets) return LN_ERROR_ARGUMENT;
     memcpy(dispatch.kernels, sets, sizeof dispatch.kernels);
+#ifdef LN_BUILD_AVX512BF16
+    if (level == LN_SIMD_AVX512 && dispatch.bf16_instructions && ln_bf16_instructions_available())
+        dispatch.kernels[LN_BFLOAT16] = avx512bf16_set;
+#endif
     dispatch.level = level;
     return LN_OK;
+}
+
+int ln_use_bf16_instructions(int use)
+{
+    ensure_dispatch();
+    dispatch.bf16_instructions = use != 0;
+    return ln_select_simd(dispatch.level);
+}
+
+int ln_bf16_instructions_in_use(void)
+{
+#ifdef LN_BUILD_AVX512BF16
+    ensure_dispatch();
+    return dispatch.kernels[LN_BFLOAT16].forward_rows == avx512bf16_set.forward_rows;
+#else
+    return 0;
+#endif
 }
 
 /* First use: LAYERNORM_SIMD if set and runnable, else the best level. */

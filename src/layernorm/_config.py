@@ -17,6 +17,7 @@ def config():
         "openmp": _kernels.openmp_enabled(),
         "num_threads": get_num_threads(),
         "bfloat16": _dtypes.BFLOAT16 is not None,
+        "bfloat16_instructions": _kernels.bf16_instructions_in_use(),
         "numpy": np.__version__,
         "machine": platform.machine(),
     }
@@ -30,6 +31,7 @@ def show_config():
           f"(available: {', '.join(cfg['simd_levels_available'])}; force with LAYERNORM_SIMD)")
     print(f"  OpenMP            : {'yes' if cfg['openmp'] else 'no (serial build)'}, "
           f"{cfg['num_threads']} thread(s) (LAYERNORM_NUM_THREADS / set_num_threads)")
-    print(f"  bfloat16          : {'yes (ml_dtypes)' if cfg['bfloat16'] else 'no (pip install ml_dtypes)'}")
+    print(f"  bfloat16          : {'yes (ml_dtypes)' if cfg['bfloat16'] else 'no (pip install ml_dtypes)'}"
+          f"{', rounded by AVX512-BF16' if cfg['bfloat16_instructions'] else ''}")
     print(f"  numpy {cfg['numpy']} on {cfg['machine']}")
     return cfg

@@ -104,6 +104,22 @@ def select_simd(str name):
     check(ln_select_simd(["baseline", "avx2", "avx512"].index(name)), "select_simd")
 
 
+def bf16_instructions_available():
+    """True if the bfloat16 kernels built with AVX512-BF16 can run here."""
+    return bool(ln_bf16_instructions_available())
+
+
+def bf16_instructions_in_use():
+    """True if bfloat16 calls run the AVX512-BF16 kernels (AVX-512 level)."""
+    return bool(ln_bf16_instructions_in_use())
+
+
+def use_bf16_instructions(bint use):
+    """Allow (the default) or forbid the AVX512-BF16 bfloat16 kernels at the
+    AVX-512 level; they give the same bits as the others."""
+    check(ln_use_bf16_instructions(use), "use_bf16_instructions")
+
+
 def openmp_enabled():
     return bool(ln_openmp_enabled())
 
