@@ -32,6 +32,6 @@ def show_config():
     print(f"  OpenMP            : {'yes' if cfg['openmp'] else 'no (serial build)'}, "
           f"{cfg['num_threads']} thread(s) (LAYERNORM_NUM_THREADS / set_num_threads)")
     print(f"  bfloat16          : {'yes (ml_dtypes)' if cfg['bfloat16'] else 'no (pip install ml_dtypes)'}"
-          f"{', rounded by AVX512-BF16' if cfg['bfloat16_instructions'] else ''}")
+          f"{', rounded by AVX512-BF16' if cfg['bfloat16'] and cfg['bfloat16_instructions'] else ''}")
     print(f"  numpy {cfg['numpy']} on {cfg['machine']}")
     return cfg
