@@ -593,6 +593,24 @@ static inline void ln_prefetch_column(const E *next_a, const E *next_b, const E 
     }
 }
 
+/* A strided column's second pass, at one row, for columns of at least
+ * LN_PREFETCH_BELOW_BYTES: prefetch the same row's lines of the next column
+ * in the inputs (`next_b` may be NULL), so that the next column's first
+ * pass, which waits on memory, finds them in L1 (narrower columns prefetch
+ * in their first pass, ln_prefetch_column).  A/B, 2 threads, AVX-512
+ * (1 KB columns in float32, 2 KB in float64), NCHW (32, 64, 56, 56): forward
+ * 0.88x the time, float64 0.82x, rms 0.83x, fused add 0.84x, backward
+ * 0.85x, float64 0.93x; (16, 64, 56, 56) forward 0.98x, backward 0.92x;
+ * (8, 256, 64, 64) forward and backward 0.96x.  The same bits. */
+static inline void ln_prefetch_next_column(const E *next_a, const E *next_b, int64_t bytes)
+{
+    if (bytes < LN_PREFETCH_BELOW_BYTES) return;
+    for (int64_t line = 0; line < bytes; line += 64) {
+        __builtin_prefetch((const char *)next_a + line, 0, 3);
+        if (next_b) __builtin_prefetch((const char *)next_b + line, 0, 3);
+    }
+}
+
 #define LN_STEPS_PER_BLOCK (LN_BLOCK / (LN_VECTOR_BYTES / 8 * LN_ACCUMULATORS))
 
 /* weight/bias entries, stored in the compute type or (storage != 0) like x */
