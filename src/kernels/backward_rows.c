@@ -37,11 +37,11 @@ typedef struct { double sum_g, sum_g_xhat; } row_sums;
  * on memory longer than float32's.  The same bits.  A/B
  * (bench/compare_builds.py), 2 threads, AVX-512 unless stated: float16
  * (16384, 1024) 0.81x to 0.82x the time (AVX2 0.79x), (32768, 512) 0.79x,
- * (4096, 768) 0.93x to 1.00x; bfloat16 (16384, 1024) 0.81x to 0.88x.  Not for rows under
- * 1 KB (bfloat16 (65536, 256) took 1.07x, float16 (262144, 64) 1.09x to
- * 1.12x) or calls under 8 MB of inputs (in the L3 in a loop).  Not for
- * float32: (4096, 768) took 0.94x, but (2048, 768) 1.04x, (4096, 1024)
- * 1.08x and (16384, 1024) 1.06x. */
+ * (4096, 768) 0.93x to 1.00x; bfloat16 (16384, 1024) 0.81x to 0.88x.
+ * Not for rows under 1 KB (bfloat16 (65536, 256) took 1.07x, float16
+ * (262144, 64) 1.09x to 1.12x) or calls under 8 MB of inputs (in the L3 in
+ * a loop).  Not for float32: (4096, 768) took 0.94x, but (2048, 768) 1.04x,
+ * (4096, 1024) 1.08x and (16384, 1024) 1.06x. */
 #define LN_BACKWARD_PREFETCH_LOCALITY 1
 static inline int prefetch_row_groups(const ln_backward_args *a)
 {
@@ -247,7 +247,9 @@ static void backward_row_block(const ln_backward_args *a, int64_t b, int64_t row
         }
         const group_sink sink = {NULL, NULL, partial ? partial + 2 * b * cols : NULL,
                                  partial ? partial + (2 * b + 1) * cols : NULL, 0, 1, 1, 0};
-        dx_group(a, g0, count, c, 0, cols, partial ? &sink : NULL, stream, prefetch ? (rows - g0 - count < group ? rows - g0 - count : group) : 0);
+        const int64_t rows_after = rows - (g0 + count);
+        const int64_t next_group = prefetch ? (rows_after < group ? rows_after : group) : 0;
+        dx_group(a, g0, count, c, 0, cols, partial ? &sink : NULL, stream, next_group);
     }
 }
 

@@ -149,8 +149,6 @@ const char *ln_simd_name(int level)
     }
 }
 
-static void ensure_dispatch(void);
-
 int ln_select_simd(int level)
 {
     if (level < LN_SIMD_BASELINE || level > ln_simd_best_supported()) return LN_ERROR_ARGUMENT;
@@ -163,6 +161,18 @@ int ln_select_simd(int level)
 #endif
     dispatch.level = level;
     return LN_OK;
+}
+
+/* First use: LAYERNORM_SIMD if set and runnable, else the best level. */
+static void ensure_dispatch(void)
+{
+    if (dispatch.level >= 0) return;
+    const char *forced = getenv("LAYERNORM_SIMD");
+    if (forced) {
+        for (int level = LN_SIMD_BASELINE; level <= LN_SIMD_AVX512; level++)
+            if (strcmp(forced, ln_simd_name(level)) == 0 && ln_select_simd(level) == LN_OK) return;
+    }
+    ln_select_simd(ln_simd_best_supported());
 }
 
 int ln_use_bf16_instructions(int use)
@@ -180,18 +190,6 @@ int ln_bf16_instructions_in_use(void)
 #else
     return 0;
 #endif
-}
-
-/* First use: LAYERNORM_SIMD if set and runnable, else the best level. */
-static void ensure_dispatch(void)
-{
-    if (dispatch.level >= 0) return;
-    const char *forced = getenv("LAYERNORM_SIMD");
-    if (forced) {
-        for (int level = LN_SIMD_BASELINE; level <= LN_SIMD_AVX512; level++)
-            if (strcmp(forced, ln_simd_name(level)) == 0 && ln_select_simd(level) == LN_OK) return;
-    }
-    ln_select_simd(ln_simd_best_supported());
 }
 
 int ln_simd_level(void)

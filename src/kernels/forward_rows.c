@@ -417,13 +417,14 @@ static int forward_split_rows(const ln_forward_args *a, const C *recip)
     if (!partial) return LN_ERROR_NO_MEMORY;
     const int rms = a->mode == LN_MODE_RMS_NORM;
     /* blocks of whole lines (LN_BLOCK elements) in rows of whole lines */
-    const int stream = ln_stream_rows(a->y, rows, cols, ln_forward_arrays_moved(a));
+    const int arrays = ln_forward_arrays_moved(a);
+    const int stream = ln_stream_rows(a->y, rows, cols, arrays);
     /* The fused add's sum streams too: it is read back only after every
      * block's statistics, long out of the caches, so a stored sum would cost
      * its read-for-ownership for nothing.  The statistics then come from
      * x + residual, read before the block's sum is written (sum_out may be
      * the residual or x). */
-    const int stream_sum = stream && a->residual && ln_stream_rows(a->sum_out, rows, cols, ln_forward_arrays_moved(a));
+    const int stream_sum = stream && a->residual && ln_stream_rows(a->sum_out, rows, cols, arrays);
     C shift[LN_MAX_FINISHED_ROWS] = {0};
     ln_moments stats[LN_MAX_FINISHED_ROWS] = {{0, 0, 0}};
     row_transform transform[LN_MAX_FINISHED_ROWS];
