@@ -9,7 +9,7 @@ import pytest
 
 import layernorm as ln
 from layernorm import _kernels
-from conftest import ALL_DTYPES, FLOAT32, FLOAT64, random_array, random_params, stats_dtype
+from conftest import ALL_DTYPES, FLOAT32, FLOAT64, HALF_DTYPES, random_array, random_params, stats_dtype
 
 LN, RMS = _kernels.LAYER_NORM, _kernels.RMS_NORM
 
@@ -38,6 +38,47 @@ def test_taken_and_bitwise_equal_to_the_general_path(rng, dtype, shape, axis, wi
     slow_rms = general_forward(RMS, x, axis, weight, None, 1e-6, None, True)
     for a, b in zip(fast_rms, slow_rms):
         assert a.tobytes() == b.tobytes()
+
+
+@pytest.mark.parametrize("dtype", ALL_DTYPES)
+def test_rms_default_eps_taken(rng, dtype):
+    """eps=None (rms_norm's default) is float32's machine epsilon, float64's
+    for float64 x, on the fast path as on the general one."""
+    x = random_array(rng, (20, 5, 10, 10), dtype, offset=0.5)
+    weight = random_params(rng, (10, 10), stats_dtype(dtype))[0]
+    expected_eps = float(np.finfo(np.float64 if dtype == FLOAT64 else np.float32).eps)
+    fast = _kernels.fast_forward(RMS, x, (2, 3), weight, None, None, None, True)
+    assert fast is not None, "the fast path declined rms_norm's default eps"
+    for other in (general_forward(RMS, x, (2, 3), weight, None, None, None, True),
+                  general_forward(RMS, x, (2, 3), weight, None, expected_eps, None, True)):
+        for a, b in zip(fast, other):
+            assert a.tobytes() == b.tobytes()
+    y, s = _kernels.fast_forward(RMS, x, -1, None, None, None, None, False, residual=x)
+    y_general, s_general = general_forward(RMS, x, -1, None, None, None, None, False, residual=x)
+    assert y.tobytes() == y_general.tobytes() and s.tobytes() == s_general.tobytes()
+    # layer norm has no default: eps=None is the general path's error to raise
+    assert _kernels.fast_forward(LN, x, -1, None, None, None, None, False) is None
+
+
+@pytest.mark.parametrize("dtype", HALF_DTYPES)
+def test_half_weights_copied_to_float32_on_the_fast_path(rng, dtype):
+    """Half-precision weight and bias that the kernels read as float32 copies
+    (each entry serves many rows of a large call) are copied here: the bits of
+    float32 weights, and the caller's weights unchanged."""
+    x = random_array(rng, (256, 768), dtype)
+    weight, bias = random_params(rng, (768,), dtype)
+    assert not _kernels.native_half_params_pay(x.size, weight.size)
+    kept = weight.copy(), bias.copy()
+    fast = _kernels.fast_forward(LN, x, -1, weight, bias, 1e-5, None, True)
+    assert fast is not None, "the fast path declined half-precision weights"
+    wide = _kernels.fast_forward(LN, x, -1, weight.astype(np.float32), bias.astype(np.float32), 1e-5, None, True)
+    slow = general_forward(LN, x, -1, weight, bias, 1e-5, None, True)
+    for a, b, c in zip(fast, wide, slow):
+        assert a.dtype == c.dtype and a.tobytes() == b.tobytes() == c.tobytes()
+    y, s = _kernels.fast_forward(RMS, x, -1, weight, None, None, None, False, residual=x)
+    y_wide = ln.rms_norm(s, -1, weight.astype(np.float32))
+    assert y.tobytes() == y_wide.tobytes()
+    assert weight.tobytes() == kept[0].tobytes() and bias.tobytes() == kept[1].tobytes()
 
 
 @pytest.mark.parametrize("dtype", [FLOAT32, FLOAT64])
@@ -74,6 +115,7 @@ DECLINED = {
     "eps inf": dict(eps=float("inf")),
     "eps int": dict(eps=0),
     "eps numpy float": dict(eps=np.float64(1e-5)),
+    "eps None (layer norm)": dict(eps=None),
     "weight wrong shape": dict(weight=np.ones(3, np.float32)),
     "weight wrong dtype": dict(weight=np.ones(4, np.float64)),
     "weight a list": dict(weight=[1.0] * 4),

@@ -13,6 +13,7 @@
 # (20, 5, 10, 10) over its last 3 axes 3.61 us; here 0.41 us and 1.92 us.
 from cpython.ref cimport Py_INCREF
 from libc.math cimport INFINITY
+from libc.float cimport DBL_EPSILON, FLT_EPSILON
 from libc.stdint cimport int64_t, uint64_t
 
 cdef extern from "numpy/arrayobject.h":
@@ -108,6 +109,14 @@ cdef int trailing_start(object axis, int ndim):
     return lowest if count == ndim - lowest else -1
 
 
+cdef object as_float32_copy(object param, cnp.dtype dtype, int ndim, cnp.npy_intp *dims):
+    """A half-precision weight/bias of exactly dtype and shape as float32, or
+    param unchanged (for is_exact to judge)."""
+    if param is None or not is_exact(param, dtype, ndim, dims):
+        return param
+    return (<cnp.ndarray>param).astype(_FLOAT32)
+
+
 cdef inline bint is_exact(object array, cnp.dtype dtype, int ndim, cnp.npy_intp *dims):
     """array is None, or a C-contiguous ndarray of exactly dtype and shape."""
     if array is None:
@@ -167,16 +176,23 @@ def fast_forward(int mode, x, axis, weight, bias, eps, out, bint return_stats,
                  residual=None, sum_out=None):
     """layer_norm / rms_norm / add_*_norm for the common call, or None when
     the general path must run (see the top of this file)."""
-    if type(x) is not cnp.ndarray or type(eps) is not float:
-        return None
-    cdef double e = eps
-    if not (0.0 <= e < INFINITY):
+    if type(x) is not cnp.ndarray:
         return None
     cdef cnp.ndarray xa = <cnp.ndarray>x
     cdef int ndim = cnp.PyArray_NDIM(xa)
     cdef cnp.dtype dtype = xa.descr
     cdef int code = kernel_code(dtype)
     if code < 0 or ndim == 0 or not cnp.PyArray_IS_C_CONTIGUOUS(xa):
+        return None
+    cdef double e
+    if eps is None and mode == RMS_NORM:
+        # rms_norm's default, as functional._default_rms_eps
+        e = DBL_EPSILON if code == FLOAT64 else FLT_EPSILON
+    elif type(eps) is float:
+        e = eps
+    else:
+        return None
+    if not (0.0 <= e < INFINITY):
         return None
     cdef int64_t size = cnp.PyArray_SIZE(xa)
     if size == 0:
@@ -198,6 +214,12 @@ def fast_forward(int mode, x, axis, weight, bias, eps, out, bint return_stats,
         storage = (given is not None and is_exact(weight, dtype, pdim, dims + start)
                    and is_exact(bias, dtype, pdim, dims + start)
                    and native_half_params_pay(size, n))
+        if not storage:
+            # the float32 copies the general path would make (exact), here
+            # rather than through it: (4096, 768) float16 with float16
+            # weight and bias took 1.08x the time of float32 ones that way
+            weight = as_float32_copy(weight, dtype, pdim, dims + start)
+            bias = as_float32_copy(bias, dtype, pdim, dims + start)
     cdef cnp.dtype param_dtype = dtype if storage else stat_dtype
     if not (is_exact(weight, param_dtype, pdim, dims + start) and is_exact(bias, param_dtype, pdim, dims + start)):
         return None

@@ -240,10 +240,9 @@ def rms_norm(x, axis=-1, weight=None, eps=None, *, out=None, return_stats=False)
     ``rrms = 1/sqrt(mean(x**2) + eps)`` shaped like x with the normalized axes
     set to 1.  Other arguments as in :func:`layer_norm`.
     """
-    if eps is not None:
-        y = _kernels.fast_forward(_RMS_NORM, x, axis, weight, None, eps, out, return_stats)
-        if y is not None:
-            return y
+    y = _kernels.fast_forward(_RMS_NORM, x, axis, weight, None, eps, out, return_stats)
+    if y is not None:
+        return y
     return _forward(_RMS_NORM, x, axis, weight, None, eps, out, return_stats)
 
 
@@ -263,10 +262,9 @@ def add_layer_norm(x, residual, axis=-1, weight=None, bias=None, eps=1e-5, *, ou
 def add_rms_norm(x, residual, axis=-1, weight=None, eps=None, *, out=None, sum_out=None):
     """Fused residual add and RMS norm: ``s = x + residual; y = rms_norm(s)``.  Returns ``(y, s)``."""
     _require_residual(residual)
-    if eps is not None:
-        result = _kernels.fast_forward(_RMS_NORM, x, axis, weight, None, eps, out, False, residual, sum_out)
-        if result is not None:
-            return result
+    result = _kernels.fast_forward(_RMS_NORM, x, axis, weight, None, eps, out, False, residual, sum_out)
+    if result is not None:
+        return result
     return _forward(_RMS_NORM, x, axis, weight, None, eps, out, False, residual, sum_out)
 
 
