@@ -132,22 +132,22 @@ _Static_assert(LN_ACCUMULATORS == 4, "LN_PARTIAL_SUMS has four accumulators");
         return (acc0_ + acc2_) + (acc1_ + acc3_);                                    \
     } while (0)
 
-#define LN_ADD_SHIFTED(acc, v) ((acc) + ((v) - vshift))
-#define LN_ADD_SQUARED_DEVIATION(acc, v) ({ const V deviation_ = ((v) - vshift) - vmean; vmuladd(deviation_, deviation_, acc); })
+#define LN_ADD_SHIFTED(acc, v) ((acc) + ln_add_on_fma((v), vshift_neg, vone))
+#define LN_ADD_SQUARED_DEVIATION(acc, v) ({ const V deviation_ = ln_add_on_fma((v), vshift_neg, vone) - vmean; vmuladd(deviation_, deviation_, acc); })
 #define LN_ADD_SQUARE(acc, v) ({ const V loaded_ = (v); vmuladd(loaded_, loaded_, acc); })
 #define LN_LOAD_DATA(i) load_or_sum(x, addend, i)
 
 /* x - shift */
 static inline __attribute__((always_inline)) V partial_shifted_sum(const E *x, const E *addend, int64_t n, C shift)
 {
-    const V vshift = vbroadcast(shift);
+    const V vshift_neg = vbroadcast(-shift), vone = ln_opaque_one();
     LN_PARTIAL_SUMS(n, LN_LOAD_DATA, LN_ADD_SHIFTED);
 }
 
 /* (x - shift - mean)^2 */
 static inline __attribute__((always_inline)) V partial_squared_deviations(const E *x, const E *addend, int64_t n, C shift, C mean)
 {
-    const V vshift = vbroadcast(shift), vmean = vbroadcast(mean);
+    const V vshift_neg = vbroadcast(-shift), vmean = vbroadcast(mean), vone = ln_opaque_one();
     LN_PARTIAL_SUMS(n, LN_LOAD_DATA, LN_ADD_SQUARED_DEVIATION);
 }
 
