@@ -85,18 +85,25 @@ static inline __attribute__((always_inline)) void forward_columns(const ln_forwa
     for (int k = 0; k < vectors; k++) vstore_c(shift_c + k * VL, shift[k]);
     const double inv_n = 1.0 / (double)reduce;
     const int64_t stat = o * inner + i;
-    for (int64_t j = 0; j < vectors * VL; j++) {
+    for (int64_t j = 0; j < vectors * VL; j++)
         if (!isfinite(merged_m2[j]) || !isfinite(merged_mean[j])) {
             const ln_moments exact = stream_sum ? float64_statistics(x + base + j, residual + base + j, reduce, inner, shift_c[j], rms)
                                                 : float64_statistics(src + base + j, NULL, reduce, inner, shift_c[j], rms);
             merged_mean[j] = exact.mean, merged_m2[j] = exact.m2;
         }
-        const double rstd = 1.0 / sqrt(merged_m2[j] * inv_n + a->eps);
-        scale[j] = (C)rstd;
+    /* the square roots and divides in a loop of their own, which the
+     * compiler vectorizes (each lane rounds as the scalar instructions do):
+     * as scalars they cost a position more than its reads */
+    double rstd[LN_COLUMN_VECTORS * VL];
+    for (int64_t j = 0; j < vectors * VL; j++) rstd[j] = 1.0 / sqrt(merged_m2[j] * inv_n + a->eps);
+    for (int64_t j = 0; j < vectors * VL; j++) {
+        scale[j] = (C)rstd[j];
         lo[j] = rms ? (C)0 : (C)merged_mean[j];
-        if (a->rstd) ((C *)a->rstd)[stat + j] = (C)rstd;
-        if (a->mean && !rms) ((C *)a->mean)[stat + j] = (C)((double)shift_c[j] + merged_mean[j]);
     }
+    if (a->rstd)
+        for (int64_t j = 0; j < vectors * VL; j++) ((C *)a->rstd)[stat + j] = scale[j];
+    if (a->mean && !rms)
+        for (int64_t j = 0; j < vectors * VL; j++) ((C *)a->mean)[stat + j] = (C)((double)shift_c[j] + merged_mean[j]);
     V vlo[LN_COLUMN_VECTORS], vscale[LN_COLUMN_VECTORS];
     for (int k = 0; k < vectors; k++) {
         vlo[k] = vload_c(lo + k * VL);
