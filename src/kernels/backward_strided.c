@@ -153,15 +153,15 @@ static inline __attribute__((always_inline)) void backward_columns(const ln_back
             vd_add_widened(sum_gx + k * VL, sgx[k], 0);
         }
     }
+    /* the divides in loops of their own, which the compiler vectorizes (each
+     * lane rounds as the scalar divide does) */
+    C mg[LN_COLUMN_VECTORS * VL], mgx[LN_COLUMN_VECTORS * VL];
+    for (int64_t j = 0; j < vectors * VL; j++) mg[j] = rms ? (C)0 : (C)(sum_g[j] / (double)reduce);
+    for (int64_t j = 0; j < vectors * VL; j++) mgx[j] = (C)(sum_gx[j] / (double)reduce);
     V mean_g[LN_COLUMN_VECTORS], mean_gx[LN_COLUMN_VECTORS];
     for (int k = 0; k < vectors; k++) {
-        C mg[VL], mgx[VL];
-        for (int64_t l = 0; l < VL; l++) {
-            mg[l] = rms ? (C)0 : (C)(sum_g[k * VL + l] / (double)reduce);
-            mgx[l] = (C)(sum_gx[k * VL + l] / (double)reduce);
-        }
-        mean_g[k] = vload_c(mg);
-        mean_gx[k] = vload_c(mgx);
+        mean_g[k] = vload_c(mg + k * VL);
+        mean_gx[k] = vload_c(mgx + k * VL);
     }
     for (int64_t r = 0; r < reduce; r++) {
         const int64_t at = base + r * inner;
