@@ -64,10 +64,18 @@ static inline void vd_add_half(double *p, VDN v, int first)
     if (!first) v += *(const VDN_unaligned *)p;
     *(VDN_unaligned *)p = v;
 }
-static inline void vd_add_widened(double *p, V v, int first)
+/* Part `part` of v's VL lanes as float64: LN_WIDE_PARTS native-width double
+ * vectors (a float32 V widens to two). */
+#if LN_DT == LN_DT_FLOAT64
+#define LN_WIDE_PARTS 1
+#else
+#define LN_WIDE_PARTS 2
+#endif
+static inline VDN v_widened(V v, int part)
 {
 #if LN_DT == LN_DT_FLOAT64
-    vd_add_half(p, v, first);
+    (void)part;
+    return v;
 #else
     typedef float VFH __attribute__((vector_size(LN_VECTOR_BYTES / 2)));
 #if LN_VECTOR_BYTES == 64
@@ -78,9 +86,12 @@ static inline void vd_add_widened(double *p, V v, int first)
 #else
     const VFH lo = __builtin_shufflevector(v, v, 0, 1), hi = __builtin_shufflevector(v, v, 2, 3);
 #endif
-    vd_add_half(p, __builtin_convertvector(lo, VDN), first);
-    vd_add_half(p + VL / 2, __builtin_convertvector(hi, VDN), first);
+    return __builtin_convertvector(part ? hi : lo, VDN);
 #endif
+}
+static inline void vd_add_widened(double *p, V v, int first)
+{
+    for (int part = 0; part < LN_WIDE_PARTS; part++) vd_add_half(p + part * (VL / LN_WIDE_PARTS), v_widened(v, part), first);
 }
 
 /* a * b + c, fused where the level has FMA.  Written out where the same

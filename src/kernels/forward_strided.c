@@ -14,6 +14,19 @@
 #include "layernorm/kernel_common.h"
 #include "layernorm/moments.h"
 
+/* Chan's merge of a chunk's per-position moments (as float64 vectors) into
+ * the float64 moments at mean and m2, weights wb = nb / n and wab = na * nb
+ * / n.  Written in vectors, not as a scalar loop for the loop vectorizer:
+ * that took the loop in some copies of forward_columns and not in others
+ * (depending on unrelated code), and the copies then contracted the
+ * multiply-adds differently (last-bit differences between builds). */
+static inline void chan_merge_wide(double *mean, double *m2, VDN chunk_mean, VDN chunk_m2, double wb, double wab)
+{
+    const VDN merged_mean = *(const VDN_unaligned *)mean, delta = chunk_mean - merged_mean;
+    *(VDN_unaligned *)mean = merged_mean + delta * wb;
+    *(VDN_unaligned *)m2 = *(const VDN_unaligned *)m2 + (chunk_m2 + delta * delta * wab);
+}
+
 /* Statistics and normalization of `vectors` (a constant after inlining)
  * vectors of positions starting at inner index i: walking down `reduce`, the
  * shifted Welford state is kept in registers as far as they hold it (16
@@ -69,23 +82,22 @@ static inline __attribute__((always_inline)) void forward_columns(const ln_forwa
         }
         /* Chan-merge this chunk of rows into the float64 moments */
         const double n = (double)last, nb = (double)(last - first), wb = nb / n, wab = (double)first * nb / n;
-        for (int k = 0; k < vectors; k++) {
-            C chunk_mean[VL], chunk_m2[VL];
-            vstore_c(chunk_mean, mean[k]);
-            vstore_c(chunk_m2, m2[k]);
-            for (int64_t l = 0; l < VL; l++) {
-                const int64_t j = k * VL + l;
-                const double delta = (double)chunk_mean[l] - merged_mean[j];
-                merged_mean[j] += delta * wb;
-                merged_m2[j] += (double)chunk_m2[l] + delta * delta * wab;
+        for (int k = 0; k < vectors; k++)
+            for (int part = 0; part < LN_WIDE_PARTS; part++) {
+                const int64_t j = k * VL + part * (VL / LN_WIDE_PARTS);
+                chan_merge_wide(merged_mean + j, merged_m2 + j, v_widened(mean[k], part), v_widened(m2[k], part), wb, wab);
             }
-        }
     }
     C lo[LN_COLUMN_VECTORS * VL], scale[LN_COLUMN_VECTORS * VL], shift_c[LN_COLUMN_VECTORS * VL];
     for (int k = 0; k < vectors; k++) vstore_c(shift_c + k * VL, shift[k]);
     const double inv_n = 1.0 / (double)reduce;
     const int64_t stat = o * inner + i;
-    for (int64_t j = 0; j < vectors * VL; j++)
+    /* one vectorized test of all positions first: a branch per position cost
+     * as much as a few of its reads */
+    int all_finite = 1;
+    for (int64_t j = 0; j < vectors * VL; j++) all_finite &= isfinite(merged_m2[j]) & isfinite(merged_mean[j]);
+    if (!all_finite)
+      for (int64_t j = 0; j < vectors * VL; j++)
         if (!isfinite(merged_m2[j]) || !isfinite(merged_mean[j])) {
             const ln_moments exact = stream_sum ? float64_statistics(x + base + j, residual + base + j, reduce, inner, shift_c[j], rms)
                                                 : float64_statistics(src + base + j, NULL, reduce, inner, shift_c[j], rms);
