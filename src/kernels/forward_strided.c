@@ -47,6 +47,10 @@ static inline __attribute__((always_inline)) void forward_columns(const ln_forwa
     const E *x = (const E *)a->x, *residual = (const E *)a->residual;
     E *sum_out = (E *)a->sum_out;
     const E *src = residual ? sum_out : x;
+    /* the output and parameter pointers in locals: the vector stores may
+     * alias anything, so a->y and a->weight were loaded again after each */
+    E *const y = (E *)a->y;
+    const void *const weight = a->weight, *const bias = a->bias;
     V shift[LN_COLUMN_VECTORS], mean[LN_COLUMN_VECTORS], m2[LN_COLUMN_VECTORS];
     double merged_mean[LN_COLUMN_VECTORS * VL], merged_m2[LN_COLUMN_VECTORS * VL];
     for (int64_t j = 0; j < vectors * VL; j++) merged_mean[j] = merged_m2[j] = 0;
@@ -58,7 +62,7 @@ static inline __attribute__((always_inline)) void forward_columns(const ln_forwa
             const int64_t at = base + r * inner;
             const V inv = vbroadcast(recip[r - first]);
             ln_prefetch_column(x + at + vectors * VL, residual ? residual + at + vectors * VL : NULL,
-                               (const E *)a->y + at, vectors * VL * (int64_t)sizeof(E));
+                               y + at, vectors * VL * (int64_t)sizeof(E));
             for (int k = 0; k < vectors; k++) {
                 const int64_t p = at + k * VL;
                 V v;
@@ -126,14 +130,14 @@ static inline __attribute__((always_inline)) void forward_columns(const ln_forwa
         const int64_t at = base + r * inner;
         ln_prefetch_next_column(x + at + vectors * VL, residual ? residual + at + vectors * VL : NULL,
                                 vectors * VL * (int64_t)sizeof(E));
-        const V w = vbroadcast(a->weight ? param_1(a->weight, storage, r) : 1);
-        const V b = vbroadcast(a->bias ? param_1(a->bias, storage, r) : 0);
+        const V w = vbroadcast(weight ? param_1(weight, storage, r) : 1);
+        const V b = vbroadcast(bias ? param_1(bias, storage, r) : 0);
         for (int k = 0; k < vectors; k++) {
             const int64_t p = at + k * VL;
             const V data = stream_sum ? LOADV(x + p) + LOADV(residual + p) : LOADV(src + p);
             const V c = (data - shift[k]) - vlo[k];
-            if (stream) STREAMV((E *)a->y + p, c * vscale[k] * w + b);
-            else STOREV((E *)a->y + p, c * vscale[k] * w + b);
+            if (stream) STREAMV(y + p, c * vscale[k] * w + b);
+            else STOREV(y + p, c * vscale[k] * w + b);
         }
     }
 }
