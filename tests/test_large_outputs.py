@@ -194,14 +194,22 @@ def test_streamed_strided_outputs_have_the_bits_of_small_calls(simd, rng, dtype)
         y = ln.layer_norm(x, 1, weight, bias)
         assert y[:2].tobytes() == small_y.tobytes()
         assert ln.rms_norm(x, 1, weight, eps=1e-6)[:2].tobytes() == small_rms.tobytes()
-        out = misaligned_empty(shape, dtype, 1)
-        ln.layer_norm(x, 1, weight, bias, out=out)
-        assert out.tobytes() == y.tobytes(), "an output off a 64-byte line changed the bits"
-        in_place = x.copy()
-        ln.layer_norm(in_place, 1, weight, bias, out=in_place)
-        assert in_place.tobytes() == y.tobytes(), "in place (x is y) changed the bits"
+        # off a line, the columns start at y's first line (numpy.empty's
+        # large arrays are 16 bytes off one): the positions before it go alone
+        for offset in (1, 4):
+            out = misaligned_empty(shape, dtype, offset)
+            ln.layer_norm(x, 1, weight, bias, out=out)
+            assert out.tobytes() == y.tobytes(), f"an output {offset} items off a line changed the bits"
+            in_place = misaligned_empty(shape, dtype, offset)
+            in_place[...] = x
+            ln.layer_norm(in_place, 1, weight, bias, out=in_place)
+            assert in_place.tobytes() == y.tobytes(), "in place (x is y) changed the bits"
         add_y, add_s = ln.add_layer_norm(x, r, 1, weight, bias)
         assert add_y[:2].tobytes() == small_add_y.tobytes() and add_s[:2].tobytes() == small_add_s.tobytes()
+        for y_offset, s_offset in ((4, 4), (1, 4)):
+            out, sum_out = misaligned_empty(shape, dtype, y_offset), misaligned_empty(shape, dtype, s_offset)
+            ln.add_layer_norm(x, r, 1, weight, bias, out=out, sum_out=sum_out)
+            assert out.tobytes() == add_y.tobytes() and sum_out.tobytes() == add_s.tobytes()
         residual = r.copy()
         in_place_y, _ = ln.add_layer_norm(x, residual, 1, weight, bias, sum_out=residual)
         assert residual.tobytes() == add_s.tobytes() and in_place_y.tobytes() == add_y.tobytes()
