@@ -166,7 +166,7 @@ static inline __attribute__((always_inline)) void backward_columns(const ln_back
     for (int64_t r = 0; r < reduce; r++) {
         const int64_t at = base + r * inner;
         const V w = LN_WEIGHT(r);
-        ln_prefetch_next_column(x + at + vectors * VL, dy + at + vectors * VL, vectors * VL * (int64_t)sizeof(E));
+        ln_prefetch_next_column(x + at, dy + at, vectors * VL * (int64_t)sizeof(E));
         V acc_w = vbroadcast(0), acc_b = vbroadcast(0);
         for (int k = 0; k < vectors; k++) {
             const V d = LOADV(dy + at + k * VL);

@@ -128,8 +128,7 @@ static inline __attribute__((always_inline)) void forward_columns(const ln_forwa
     const int storage = a->params_in_storage_type;
     for (int64_t r = 0; r < reduce; r++) {
         const int64_t at = base + r * inner;
-        ln_prefetch_next_column(x + at + vectors * VL, residual ? residual + at + vectors * VL : NULL,
-                                vectors * VL * (int64_t)sizeof(E));
+        ln_prefetch_next_column(x + at, residual ? residual + at : NULL, vectors * VL * (int64_t)sizeof(E));
         const V w = vbroadcast(weight ? param_1(weight, storage, r) : 1);
         const V b = vbroadcast(bias ? param_1(bias, storage, r) : 0);
         for (int k = 0; k < vectors; k++) {
