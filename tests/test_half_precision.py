@@ -166,6 +166,26 @@ def test_half_weights_read_natively_give_the_bits_of_float32_copies(simd, dtype,
     assert np.array_equal(r.view(np.uint16), r32.view(np.uint16))
 
 
+@pytest.mark.parametrize("cols", [256, 255])
+def test_float32_nans_with_any_payload_narrow_to_nans(simd, rng, dtype, cols):
+    """A float32 NaN whose payload fills the low half (which the rounding adds
+    to) must still narrow to a NaN, not carry into the sign (0x7FFFFFFF would
+    round to -0.0): a float32 bias of such NaNs gives NaN outputs, quiet, in
+    the vector loops (256 columns) and the scalar tails (255)."""
+    payloads = np.array([0x7FFFFFFF, 0xFFFFFFFF, 0x7FBFFFFF, 0x7F800001, 0xFFC0FFFF], np.uint32)
+    x = rng.standard_normal((4, cols)).astype(dtype)
+    bias = rng.standard_normal(cols).astype(np.float32)
+    nan_columns = np.concatenate([np.arange(5), np.arange(cols - 5, cols)])
+    bias.view(np.uint32)[nan_columns] = np.resize(payloads, nan_columns.size)
+    y = ln.layer_norm(x, -1, np.ones(cols, np.float32), bias)
+    values = y.astype(np.float32)
+    assert np.all(np.isnan(values[:, nan_columns])), "a NaN bias narrowed to a number"
+    others = np.setdiff1d(np.arange(cols), nan_columns)
+    assert not np.any(np.isnan(values[:, others]))
+    quiet_bit = 0x0200 if dtype == np.float16 else 0x0040
+    assert np.all(y.view(np.uint16)[:, nan_columns] & quiet_bit), "NaNs must come out quiet"
+
+
 def test_conversions_exact_for_every_half_value(simd, rng, dtype):
     """Every half bit pattern (zeros, subnormals, Inf, NaN) widens and narrows
     exactly: the fused add's stored sum x + r equals NumPy's bit for bit, with
