@@ -99,7 +99,7 @@ static inline __attribute__((always_inline)) void forward_columns(const ln_forwa
     /* one vectorized test of all positions first: a branch per position cost
      * as much as a few of its reads */
     int all_finite = 1;
-    for (int64_t j = 0; j < vectors * VL; j++) all_finite &= isfinite(merged_m2[j]) & isfinite(merged_mean[j]);
+    for (int64_t j = 0; j < vectors * VL; j++) all_finite &= (isfinite(merged_m2[j]) != 0) & (isfinite(merged_mean[j]) != 0);
     if (!all_finite)
       for (int64_t j = 0; j < vectors * VL; j++)
         if (!isfinite(merged_m2[j]) || !isfinite(merged_mean[j])) {
