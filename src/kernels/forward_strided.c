@@ -63,6 +63,7 @@ static inline __attribute__((always_inline)) void forward_columns(const ln_forwa
             const V inv = vbroadcast(recip[r - first]);
             ln_prefetch_column(x + at + vectors * VL, residual ? residual + at + vectors * VL : NULL,
                                y + at, vectors * VL * (int64_t)sizeof(E));
+            ln_prefetch_pair_column(x + at, residual ? residual + at : NULL, vectors * VL * (int64_t)sizeof(E));
             for (int k = 0; k < vectors; k++) {
                 const int64_t p = at + k * VL;
                 V v;
