@@ -321,3 +321,43 @@ def test_a_row_has_the_same_bits_in_any_group(simd, rng, dtype, cols):
         part = ln.add_layer_norm(x[begin:end], r[begin:end], -1, weight, bias)
         for got, want in zip(part, full_add):
             assert got.tobytes() == want[begin:end].tobytes(), f"add_layer_norm rows {begin}:{end}"
+
+
+def _empty_off_a_line(shape, dtype, offset_items):
+    """An empty C-contiguous array starting offset_items past a 64-byte line."""
+    itemsize = np.dtype(dtype).itemsize
+    count = int(np.prod(shape))
+    buffer = np.empty(count * itemsize + 128, np.uint8)
+    start = (-buffer.ctypes.data) % 64 + offset_items * itemsize
+    return buffer[start:start + count * itemsize].view(dtype).reshape(shape)
+
+
+@pytest.mark.parametrize("dtype", ALL_DTYPES)
+@pytest.mark.parametrize("with_weight, with_bias", [(False, False), (False, True), (True, False), (True, True)])
+def test_strided_bits_do_not_depend_on_the_output_address(simd, rng, dtype, with_weight, with_bias):
+    """Over a middle axis, a position's bits must not depend on whether it
+    falls in a vector column or among the positions handled one at a time:
+    which it is depends on the shape and, for an output off a 64-byte line,
+    on its address (the columns start at its first line).  Outputs at every
+    offset, in place, and a narrower slice (its last positions left over)
+    give the bits of the allocated call; with and without weight and bias
+    (without a weight the two once contracted the multiply-add differently)."""
+    shape = (3, 5, 64)
+    x = (rng.standard_normal(shape) * 2 + 1).astype(dtype)
+    weight = rng.uniform(0.5, 1.5, 5).astype(FLOAT32) if with_weight else None
+    bias = rng.uniform(-1, 1, 5).astype(FLOAT32) if with_bias else None
+    expected = ln.layer_norm(x, 1, weight, bias)
+    expected_rms = ln.rms_norm(x, 1, weight, eps=1e-6)
+    for offset in range(4):
+        out = _empty_off_a_line(shape, dtype, offset)
+        ln.layer_norm(x, 1, weight, bias, out=out)
+        assert out.tobytes() == expected.tobytes(), f"output {offset} items off a line"
+        ln.rms_norm(x, 1, weight, eps=1e-6, out=out)
+        assert out.tobytes() == expected_rms.tobytes(), f"rms output {offset} items off a line"
+        in_place = _empty_off_a_line(shape, dtype, offset)
+        in_place[...] = x
+        ln.layer_norm(in_place, 1, weight, bias, out=in_place)
+        assert in_place.tobytes() == expected.tobytes(), f"in place {offset} items off a line"
+    for inner in (17, 5):
+        narrow = ln.layer_norm(np.ascontiguousarray(x[:, :, :inner]), 1, weight, bias)
+        assert narrow.tobytes() == np.ascontiguousarray(expected[:, :, :inner]).tobytes()

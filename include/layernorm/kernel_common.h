@@ -121,6 +121,21 @@ static inline V vmuladd(V a, V b, V c)
 static inline V vmuladd(V a, V b, V c) { return a * b + c; }
 #endif
 
+/* The scalar a * b + c, fused exactly where vmuladd is, so that a scalar
+ * path can give the bits of a vector one. */
+static inline C smuladd(C a, C b, C c)
+{
+#if defined(__FMA__) && (defined(__x86_64__) || defined(__i386__))
+#if LN_DT == LN_DT_FLOAT64
+    return __builtin_fma(a, b, c);
+#else
+    return __builtin_fmaf(a, b, c);
+#endif
+#else
+    return a * b + c;
+#endif
+}
+
 /* v + neg, computed as fma(v, 1, neg) where the level has FMA: the same
  * rounding (the product is exact), but on the FMA pipes, which the adds of a
  * shifted sum leave idle (Zen 4 runs adds and FMAs on separate pipes).  `one`

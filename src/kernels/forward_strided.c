@@ -136,8 +136,14 @@ static inline __attribute__((always_inline)) void forward_columns(const ln_forwa
             const int64_t p = at + k * VL;
             const V data = stream_sum ? LOADV(x + p) + LOADV(residual + p) : LOADV(src + p);
             const V c = (data - shift[k]) - vlo[k];
-            if (stream) STREAMV(y + p, c * vscale[k] * w + b);
-            else STOREV(y + p, c * vscale[k] * w + b);
+            /* the multiply-add written out, as in forward_positions: left to
+             * the compiler, the two contracted differently when there is no
+             * weight (w = 1), and the bits of a position depended on whether
+             * it fell in a column or among the positions left over, which
+             * y's address decides (positions_before_line) */
+            const V value = vmuladd(c * vscale[k], w, b);
+            if (stream) STREAMV(y + p, value);
+            else STOREV(y + p, value);
         }
     }
 }
@@ -211,7 +217,7 @@ static void forward_positions(const ln_forward_args *a, int64_t o, int64_t i, in
         for (int64_t r = 0; r < reduce; r++) {
             const int64_t p = base + r * inner;
             const C w = a->weight ? param_1(a->weight, storage, r) : 1, b = a->bias ? param_1(a->bias, storage, r) : 0;
-            STORE1((E *)a->y + p, ((LOAD1(src + p) - shift) - lo) * scale * w + b);
+            STORE1((E *)a->y + p, smuladd(((LOAD1(src + p) - shift) - lo) * scale, w, b));
         }
     }
 }
