@@ -177,6 +177,16 @@ def in_layout(a, kind):
     raise ValueError(kind)
 
 
+def empty_off_a_line(shape, dtype, offset_items):
+    """An empty C-contiguous array whose data starts offset_items past a
+    64-byte line (numpy.empty's large arrays start 16 bytes past one)."""
+    itemsize = np.dtype(dtype).itemsize
+    count = int(np.prod(shape))
+    buffer = np.empty(count * itemsize + 128, np.uint8)
+    start = (-buffer.ctypes.data) % 64 + offset_items * itemsize
+    return buffer[start:start + count * itemsize].view(dtype).reshape(shape)
+
+
 # ---------------------------------------------------------------- comparisons
 
 def assert_close(actual, expected, dtype=None, tol=None, what="result", rtol=None):

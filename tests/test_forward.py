@@ -5,7 +5,7 @@ import pytest
 
 import layernorm as ln
 from conftest import (ALL_DTYPES, FLOAT32, FLOAT64, LAYOUTS, assert_close, axis_sets, check_layer_norm,
-                      in_layout, keepdims_shape, negative_form, param_shape, random_array,
+                      empty_off_a_line, in_layout, keepdims_shape, negative_form, param_shape, random_array,
                       random_params, ref, shape_axis_cases, stats_dtype, use_threads)
 
 SHAPES = [(7,), (4, 6), (3, 5, 4), (2, 3, 4, 5), (3, 1, 4, 2)]
@@ -323,15 +323,6 @@ def test_a_row_has_the_same_bits_in_any_group(simd, rng, dtype, cols):
             assert got.tobytes() == want[begin:end].tobytes(), f"add_layer_norm rows {begin}:{end}"
 
 
-def _empty_off_a_line(shape, dtype, offset_items):
-    """An empty C-contiguous array starting offset_items past a 64-byte line."""
-    itemsize = np.dtype(dtype).itemsize
-    count = int(np.prod(shape))
-    buffer = np.empty(count * itemsize + 128, np.uint8)
-    start = (-buffer.ctypes.data) % 64 + offset_items * itemsize
-    return buffer[start:start + count * itemsize].view(dtype).reshape(shape)
-
-
 @pytest.mark.parametrize("dtype", ALL_DTYPES)
 @pytest.mark.parametrize("with_weight, with_bias", [(False, False), (False, True), (True, False), (True, True)])
 def test_strided_bits_do_not_depend_on_the_output_address(simd, rng, dtype, with_weight, with_bias):
@@ -349,12 +340,12 @@ def test_strided_bits_do_not_depend_on_the_output_address(simd, rng, dtype, with
     expected = ln.layer_norm(x, 1, weight, bias)
     expected_rms = ln.rms_norm(x, 1, weight, eps=1e-6)
     for offset in range(4):
-        out = _empty_off_a_line(shape, dtype, offset)
+        out = empty_off_a_line(shape, dtype, offset)
         ln.layer_norm(x, 1, weight, bias, out=out)
         assert out.tobytes() == expected.tobytes(), f"output {offset} items off a line"
         ln.rms_norm(x, 1, weight, eps=1e-6, out=out)
         assert out.tobytes() == expected_rms.tobytes(), f"rms output {offset} items off a line"
-        in_place = _empty_off_a_line(shape, dtype, offset)
+        in_place = empty_off_a_line(shape, dtype, offset)
         in_place[...] = x
         ln.layer_norm(in_place, 1, weight, bias, out=in_place)
         assert in_place.tobytes() == expected.tobytes(), f"in place {offset} items off a line"

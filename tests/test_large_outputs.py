@@ -10,22 +10,12 @@ import numpy as np
 import pytest
 
 import layernorm as ln
-from conftest import ALL_DTYPES, FLOAT32, random_params, use_threads
+from conftest import ALL_DTYPES, FLOAT32, empty_off_a_line, random_params, use_threads
 
 STREAMED_BYTES = 32 << 20
 FORWARD_OUTPUT_BYTES = STREAMED_BYTES // 2          # x and y: 32 MB
 FUSED_ADD_OUTPUT_BYTES = STREAMED_BYTES // 4        # x, residual, sum and y
 BACKWARD_OUTPUT_BYTES = 11 << 20                   # x, dy and dx: 33 MB
-
-
-def misaligned_empty(shape, dtype, offset_items):
-    """An empty C-contiguous array whose data starts offset_items past a
-    64-byte boundary."""
-    itemsize = np.dtype(dtype).itemsize
-    count = int(np.prod(shape))
-    buffer = np.empty(count * itemsize + 128, np.uint8)
-    start = (-buffer.ctypes.data) % 64 + offset_items * itemsize
-    return buffer[start:start + count * itemsize].view(dtype).reshape(shape)
 
 
 @pytest.mark.parametrize("dtype", ALL_DTYPES)
@@ -48,7 +38,7 @@ def test_streamed_outputs_have_the_bits_of_small_calls(simd, rng, dtype, rows_ki
         fresh = ln.layer_norm(x, -1, weight, bias)
         assert fresh[probe].tobytes() == expected.tobytes()
         for offset in (1, 3):                                # y not on a 64-byte line
-            out = misaligned_empty(shape, dtype, offset)
+            out = empty_off_a_line(shape, dtype, offset)
             ln.layer_norm(x, -1, weight, bias, out=out)
             assert out.tobytes() == fresh.tobytes(), f"output offset {offset} changed the bits"
         rms = ln.rms_norm(x, -1, weight, eps=1e-6)
@@ -133,7 +123,7 @@ def test_streamed_fused_add_has_the_bits_of_small_calls(simd, rng, dtype, cols):
         y, s = ln.add_layer_norm(x, r, -1, weight, bias)
         assert y[probe].tobytes() == small_y.tobytes() and s[probe].tobytes() == small_s.tobytes()
         assert ln.add_rms_norm(x, r, -1, weight, eps=1e-6)[0][probe].tobytes() == small_rms.tobytes()
-        out, sum_out = misaligned_empty(shape, dtype, 1), misaligned_empty(shape, dtype, 5)
+        out, sum_out = empty_off_a_line(shape, dtype, 1), empty_off_a_line(shape, dtype, 5)
         ln.add_layer_norm(x, r, -1, weight, bias, out=out, sum_out=sum_out)
         assert out.tobytes() == y.tobytes() and sum_out.tobytes() == s.tobytes()
         residual = r.copy()
@@ -197,17 +187,17 @@ def test_streamed_strided_outputs_have_the_bits_of_small_calls(simd, rng, dtype)
         # off a line, the columns start at y's first line (numpy.empty's
         # large arrays are 16 bytes off one): the positions before it go alone
         for offset in (1, 4):
-            out = misaligned_empty(shape, dtype, offset)
+            out = empty_off_a_line(shape, dtype, offset)
             ln.layer_norm(x, 1, weight, bias, out=out)
             assert out.tobytes() == y.tobytes(), f"an output {offset} items off a line changed the bits"
-            in_place = misaligned_empty(shape, dtype, offset)
+            in_place = empty_off_a_line(shape, dtype, offset)
             in_place[...] = x
             ln.layer_norm(in_place, 1, weight, bias, out=in_place)
             assert in_place.tobytes() == y.tobytes(), "in place (x is y) changed the bits"
         add_y, add_s = ln.add_layer_norm(x, r, 1, weight, bias)
         assert add_y[:2].tobytes() == small_add_y.tobytes() and add_s[:2].tobytes() == small_add_s.tobytes()
         for y_offset, s_offset in ((4, 4), (1, 4)):
-            out, sum_out = misaligned_empty(shape, dtype, y_offset), misaligned_empty(shape, dtype, s_offset)
+            out, sum_out = empty_off_a_line(shape, dtype, y_offset), empty_off_a_line(shape, dtype, s_offset)
             ln.add_layer_norm(x, r, 1, weight, bias, out=out, sum_out=sum_out)
             assert out.tobytes() == add_y.tobytes() and sum_out.tobytes() == add_s.tobytes()
         residual = r.copy()
