@@ -98,8 +98,14 @@ static inline void vd_add_widened(double *p, V v, int first)
  * element can be computed by two copies of one expression (a streamed row's
  * unaligned ends and its loop): the compiler contracts a * b + c only when
  * both operations land in one basic block, which differed between the copies
- * (a bfloat16 row end came out 1 ulp off its loop). */
+ * (a bfloat16 row end came out 1 ulp off its loop).  LN_FUSED_MULADD: this
+ * level fuses it (smuladd and ln_add_on_fma follow the same rule). */
 #if defined(__FMA__) && (defined(__x86_64__) || defined(__i386__))
+#define LN_FUSED_MULADD 1
+#else
+#define LN_FUSED_MULADD 0
+#endif
+#if LN_FUSED_MULADD
 #include <immintrin.h>
 static inline V vmuladd(V a, V b, V c)
 {
@@ -125,7 +131,7 @@ static inline V vmuladd(V a, V b, V c) { return a * b + c; }
  * path can give the bits of a vector one. */
 static inline C smuladd(C a, C b, C c)
 {
-#if defined(__FMA__) && (defined(__x86_64__) || defined(__i386__))
+#if LN_FUSED_MULADD
 #if LN_DT == LN_DT_FLOAT64
     return __builtin_fma(a, b, c);
 #else
@@ -149,14 +155,14 @@ static inline C smuladd(C a, C b, C c)
 static inline __attribute__((always_inline)) V ln_opaque_one(void)
 {
     V one = vbroadcast(1);
-#if defined(__FMA__) && (defined(__x86_64__) || defined(__i386__))
+#if LN_FUSED_MULADD
     __asm__("" : "+v"(one));
 #endif
     return one;
 }
 static inline __attribute__((always_inline)) V ln_add_on_fma(V v, V neg, V one)
 {
-#if defined(__FMA__) && (defined(__x86_64__) || defined(__i386__))
+#if LN_FUSED_MULADD
     return vmuladd(v, one, neg);
 #else
     (void)one;
