@@ -100,7 +100,7 @@ def test_streamed_strided_backward_has_the_bits_of_small_calls(simd, rng, dtype)
 
 
 @pytest.mark.parametrize("dtype", ALL_DTYPES)
-@pytest.mark.parametrize("cols", [4096, 64, "split rows"])
+@pytest.mark.parametrize("cols", [4096, 128, 64, "split rows"])
 def test_streamed_fused_add_has_the_bits_of_small_calls(simd, rng, dtype, cols):
     """The fused add streams its sum too.  The row kernels recompute
     x + residual instead of reading the sum back, which in place

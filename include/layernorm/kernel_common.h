@@ -50,9 +50,9 @@ typedef float C;
 #define VL ((int64_t)(LN_VECTOR_BYTES / sizeof(C)))
 typedef C V __attribute__((vector_size(LN_VECTOR_BYTES)));
 
-static inline V vbroadcast(C c) { return (V){0} + c; }
-static inline V vload_c(const C *p) { V v; memcpy(&v, p, sizeof v); return v; }
-static inline void vstore_c(C *p, V v) { memcpy(p, &v, sizeof v); }
+static inline __attribute__((always_inline)) V vbroadcast(C c) { return (V){0} + c; }
+static inline __attribute__((always_inline)) V vload_c(const C *p) { V v; memcpy(&v, p, sizeof v); return v; }
+static inline __attribute__((always_inline)) void vstore_c(C *p, V v) { memcpy(p, &v, sizeof v); }
 /* p[0, VL) += v in float64 (or = v, when first).  Written in native-width
  * double vectors: a float32 V widens to two of them, and GCC compiled the
  * generic double-width vector through 16-byte stack pieces whose
@@ -107,7 +107,7 @@ static inline void vd_add_widened(double *p, V v, int first)
 #endif
 #if LN_FUSED_MULADD
 #include <immintrin.h>
-static inline V vmuladd(V a, V b, V c)
+static inline __attribute__((always_inline)) V vmuladd(V a, V b, V c)
 {
 #if LN_DT == LN_DT_FLOAT64 && LN_VECTOR_BYTES == 64
     return (V)_mm512_fmadd_pd((__m512d)a, (__m512d)b, (__m512d)c);
@@ -124,12 +124,12 @@ static inline V vmuladd(V a, V b, V c)
 #endif
 }
 #else
-static inline V vmuladd(V a, V b, V c) { return a * b + c; }
+static inline __attribute__((always_inline)) V vmuladd(V a, V b, V c) { return a * b + c; }
 #endif
 
 /* The scalar a * b + c, fused exactly where vmuladd is, so that a scalar
  * path can give the bits of a vector one. */
-static inline C smuladd(C a, C b, C c)
+static inline __attribute__((always_inline)) C smuladd(C a, C b, C c)
 {
 #if LN_FUSED_MULADD
 #if LN_DT == LN_DT_FLOAT64
@@ -172,17 +172,17 @@ static inline __attribute__((always_inline)) V ln_add_on_fma(V v, V neg, V one)
 
 #if LN_DT == LN_DT_FLOAT32
 typedef float E;
-static inline V LOADV(const E *p) { return vload_c(p); }
-static inline void STOREV(E *p, V v) { vstore_c(p, v); }
-static inline C LOAD1(const E *p) { return *p; }
-static inline void STORE1(E *p, C c) { *p = c; }
+static inline __attribute__((always_inline)) V LOADV(const E *p) { return vload_c(p); }
+static inline __attribute__((always_inline)) void STOREV(E *p, V v) { vstore_c(p, v); }
+static inline __attribute__((always_inline)) C LOAD1(const E *p) { return *p; }
+static inline __attribute__((always_inline)) void STORE1(E *p, C c) { *p = c; }
 
 #elif LN_DT == LN_DT_FLOAT64
 typedef double E;
-static inline V LOADV(const E *p) { return vload_c(p); }
-static inline void STOREV(E *p, V v) { vstore_c(p, v); }
-static inline C LOAD1(const E *p) { return *p; }
-static inline void STORE1(E *p, C c) { *p = c; }
+static inline __attribute__((always_inline)) V LOADV(const E *p) { return vload_c(p); }
+static inline __attribute__((always_inline)) void STOREV(E *p, V v) { vstore_c(p, v); }
+static inline __attribute__((always_inline)) C LOAD1(const E *p) { return *p; }
+static inline __attribute__((always_inline)) void STORE1(E *p, C c) { *p = c; }
 
 #elif LN_DT == LN_DT_FLOAT16
 /* IEEE binary16 stored as its bits.  F16C / AVX-512 convert a whole vector in
@@ -232,23 +232,23 @@ static inline uint16_t float_to_half_bits(float f)
 
 #if LN_VECTOR_BYTES == 64 && defined(__AVX512F__)
 #include <immintrin.h>
-static inline V LOADV(const E *p) { return (V)_mm512_cvtph_ps(_mm256_loadu_si256((const __m256i *)p)); }
+static inline __attribute__((always_inline)) V LOADV(const E *p) { return (V)_mm512_cvtph_ps(_mm256_loadu_si256((const __m256i *)p)); }
 #define LN_NARROWV_IN_REGISTER 1
-static inline __m256i NARROWV(V v) { return _mm512_cvtps_ph((__m512)v, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC); }
-static inline void STOREV(E *p, V v) { _mm256_storeu_si256((__m256i *)p, NARROWV(v)); }
+static inline __attribute__((always_inline)) __m256i NARROWV(V v) { return _mm512_cvtps_ph((__m512)v, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC); }
+static inline __attribute__((always_inline)) void STOREV(E *p, V v) { _mm256_storeu_si256((__m256i *)p, NARROWV(v)); }
 #elif LN_VECTOR_BYTES == 32 && defined(__F16C__)
 #include <immintrin.h>
-static inline V LOADV(const E *p) { return (V)_mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)p)); }
+static inline __attribute__((always_inline)) V LOADV(const E *p) { return (V)_mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)p)); }
 #define LN_NARROWV_IN_REGISTER 1
-static inline __m128i NARROWV(V v) { return _mm256_cvtps_ph((__m256)v, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC); }
-static inline void STOREV(E *p, V v) { _mm_storeu_si128((__m128i *)p, NARROWV(v)); }
+static inline __attribute__((always_inline)) __m128i NARROWV(V v) { return _mm256_cvtps_ph((__m256)v, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC); }
+static inline __attribute__((always_inline)) void STOREV(E *p, V v) { _mm_storeu_si128((__m128i *)p, NARROWV(v)); }
 #elif LN_VECTOR_BYTES == 16 && defined(__SSE2__)
 /* The scalar conversions above in SSE2 intrinsics: GCC's code for the
  * generic vectors below made float16 5.5x slower than float32 at baseline.
  * SSE2 has no unsigned compares and no unsigned narrowing, so those go
  * through shifts (see each). */
 #include <immintrin.h>
-static inline V LOADV(const E *p)
+static inline __attribute__((always_inline)) V LOADV(const E *p)
 {
     const __m128i w = _mm_unpacklo_epi16(_mm_setzero_si128(), _mm_loadl_epi64((const __m128i *)p));
     const __m128i sign = _mm_and_si128(w, _mm_set1_epi32((int)0x80000000u)), two_w = _mm_add_epi32(w, w);
@@ -262,7 +262,7 @@ static inline V LOADV(const E *p)
                                         _mm_andnot_si128(is_subnormal, _mm_castps_si128(normalized)));
     return (V)_mm_castsi128_ps(_mm_or_si128(chosen, sign));
 }
-static inline void STOREV(E *p, V v)
+static inline __attribute__((always_inline)) void STOREV(E *p, V v)
 {
     const __m128i w = _mm_castps_si128((__m128)v);
     const __m128i shl1_w = _mm_add_epi32(w, w), sign = _mm_and_si128(w, _mm_set1_epi32((int)0x80000000u));
@@ -289,7 +289,7 @@ static inline void STOREV(E *p, V v)
 }
 #else
 /* the scalar conversions above, lane-wise in vector registers */
-static inline V LOADV(const E *p)
+static inline __attribute__((always_inline)) V LOADV(const E *p)
 {
     VH h; memcpy(&h, p, sizeof h);
     const VU32 w = __builtin_convertvector(h, VU32) << 16, sign = w & 0x80000000u, two_w = w + w;
@@ -307,7 +307,7 @@ static inline V LOADV(const E *p)
     const VU32 out = (VU32)((is_subnormal & (VI32)dbits) | (~is_subnormal & (VI32)nbits)) | sign;
     V v; memcpy(&v, &out, sizeof v); return v;
 }
-static inline void STOREV(E *p, V v)
+static inline __attribute__((always_inline)) void STOREV(E *p, V v)
 {
     VU32 w; memcpy(&w, &v, sizeof w);
     const VU32 shl1_w = w + w, sign = w & 0x80000000u;
@@ -328,8 +328,8 @@ static inline void STOREV(E *p, V v)
     memcpy(p, &h, sizeof h);
 }
 #endif
-static inline C LOAD1(const E *p) { return half_bits_to_float(*p); }
-static inline void STORE1(E *p, C c) { *p = float_to_half_bits(c); }
+static inline __attribute__((always_inline)) C LOAD1(const E *p) { return half_bits_to_float(*p); }
+static inline __attribute__((always_inline)) void STORE1(E *p, C c) { *p = float_to_half_bits(c); }
 
 #elif LN_DT == LN_DT_BFLOAT16
 /* bfloat16 is the top half of a float32: widen by a shift, narrow with
@@ -344,13 +344,13 @@ typedef int32_t VI32 __attribute__((vector_size(LN_VECTOR_BYTES)));
  * (4096, 768) no faster than float32.  (AVX512-BF16's vcvtneps2bf16: see
  * the variant below.) */
 #include <immintrin.h>
-static inline V LOADV(const E *p)
+static inline __attribute__((always_inline)) V LOADV(const E *p)
 {
     const __m512i wide = _mm512_cvtepu16_epi32(_mm256_loadu_si256((const __m256i *)p));
     return (V)_mm512_castsi512_ps(_mm512_slli_epi32(wide, 16));
 }
 #define LN_NARROWV_IN_REGISTER 1
-static inline __m256i narrow_by_integers(V v)
+static inline __attribute__((always_inline)) __m256i narrow_by_integers(V v)
 {
     /* round in place in the top half of each float, NaNs get the quiet bit
      * there, and one word permutation gathers the top halves */
@@ -372,16 +372,16 @@ static inline __m256i narrow_by_integers(V v)
  * rounding: forward (4096, 768) 0.88x the time, (16384, 1024) 0.95x,
  * (262144, 64) 0.94x, NCHW (32, 64, 56, 56) 0.96x; rms (16384, 1024)
  * 0.93x, fused add (4096, 768) 0.92x, backward (16384, 1024) 0.95x. */
-static inline __m256i NARROWV(V v)
+static inline __attribute__((always_inline)) __m256i NARROWV(V v)
 {
     const __mmask16 subnormal = _mm512_fpclass_ps_mask((__m512)v, 0x20);
     if (__builtin_expect(subnormal == 0, 1)) return (__m256i)_mm512_cvtneps_pbh((__m512)v);
     return narrow_by_integers(v);
 }
 #else
-static inline __m256i NARROWV(V v) { return narrow_by_integers(v); }
+static inline __attribute__((always_inline)) __m256i NARROWV(V v) { return narrow_by_integers(v); }
 #endif
-static inline void STOREV(E *p, V v) { _mm256_storeu_si256((__m256i *)p, NARROWV(v)); }
+static inline __attribute__((always_inline)) void STOREV(E *p, V v) { _mm256_storeu_si256((__m256i *)p, NARROWV(v)); }
 #elif LN_VECTOR_BYTES == 32 && defined(__AVX2__)
 /* The same in AVX2 intrinsics: GCC's code for the generic vectors below made
  * bfloat16 (4096, 768) take 2.2x the time of float16 at AVX2.  NaNs are
@@ -390,13 +390,13 @@ static inline void STOREV(E *p, V v) { _mm256_storeu_si256((__m256i *)p, NARROWV
  * time, (4096, 768) 0.93x, (128, 768) in cache 0.92x; the SSE2 code below
  * likewise 0.82x to 0.84x. */
 #include <immintrin.h>
-static inline V LOADV(const E *p)
+static inline __attribute__((always_inline)) V LOADV(const E *p)
 {
     const __m256i wide = _mm256_cvtepu16_epi32(_mm_loadu_si128((const __m128i *)p));
     return (V)_mm256_castsi256_ps(_mm256_slli_epi32(wide, 16));
 }
 #define LN_NARROWV_IN_REGISTER 1
-static inline __m128i NARROWV(V v)
+static inline __attribute__((always_inline)) __m128i NARROWV(V v)
 {
     const __m256i bits = _mm256_castps_si256((__m256)v);
     const __m256i lsb = _mm256_and_si256(_mm256_srli_epi32(bits, 16), _mm256_set1_epi32(1));
@@ -413,18 +413,18 @@ static inline __m128i NARROWV(V v)
     const __m256i gathered = _mm256_shuffle_epi8(top, top_halves);
     return _mm256_castsi256_si128(_mm256_permute4x64_epi64(gathered, 0x08));
 }
-static inline void STOREV(E *p, V v) { _mm_storeu_si128((__m128i *)p, NARROWV(v)); }
+static inline __attribute__((always_inline)) void STOREV(E *p, V v) { _mm_storeu_si128((__m128i *)p, NARROWV(v)); }
 #elif LN_VECTOR_BYTES == 16 && defined(__SSE2__)
 /* The same in SSE2 intrinsics (GCC's code for the generic vectors made
  * bfloat16 2.5x slower than float32 at baseline).  SSE2 has no unsigned
  * narrowing: the top halves are shifted down arithmetically, so that the
  * signed pack keeps their bits. */
 #include <immintrin.h>
-static inline V LOADV(const E *p)
+static inline __attribute__((always_inline)) V LOADV(const E *p)
 {
     return (V)_mm_castsi128_ps(_mm_unpacklo_epi16(_mm_setzero_si128(), _mm_loadl_epi64((const __m128i *)p)));
 }
-static inline void STOREV(E *p, V v)
+static inline __attribute__((always_inline)) void STOREV(E *p, V v)
 {
     const __m128i bits = _mm_castps_si128((__m128)v);
     const __m128i lsb = _mm_and_si128(_mm_srli_epi32(bits, 16), _mm_set1_epi32(1));
@@ -439,13 +439,13 @@ static inline void STOREV(E *p, V v)
     _mm_storel_epi64((__m128i *)p, _mm_packs_epi32(narrow, narrow));
 }
 #else
-static inline V LOADV(const E *p)
+static inline __attribute__((always_inline)) V LOADV(const E *p)
 {
     VB16 h; memcpy(&h, p, sizeof h);
     VU32 w = __builtin_convertvector(h, VU32) << 16;
     V v; memcpy(&v, &w, sizeof v); return v;
 }
-static inline void STOREV(E *p, V v)
+static inline __attribute__((always_inline)) void STOREV(E *p, V v)
 {
     VU32 bits; memcpy(&bits, &v, sizeof bits);
     VU32 rounded = (bits + 0x7FFFu + ((bits >> 16) & 1u)) >> 16;
@@ -456,8 +456,8 @@ static inline void STOREV(E *p, V v)
     memcpy(p, &h, sizeof h);
 }
 #endif
-static inline C LOAD1(const E *p) { uint32_t w = (uint32_t)*p << 16; C c; memcpy(&c, &w, sizeof c); return c; }
-static inline void STORE1(E *p, C c)
+static inline __attribute__((always_inline)) C LOAD1(const E *p) { uint32_t w = (uint32_t)*p << 16; C c; memcpy(&c, &w, sizeof c); return c; }
+static inline __attribute__((always_inline)) void STORE1(E *p, C c)
 {
     uint32_t bits; memcpy(&bits, &c, sizeof bits);
     if ((bits & 0x7FFFFFFFu) > 0x7F800000u) { *p = (E)((bits >> 16) | 0x0040u); return; }
@@ -492,7 +492,7 @@ static inline int ln_outputs_apart_from_inputs(const ln_forward_args *a, int64_t
 #include <immintrin.h>
 #define LN_CAN_STREAM_C 1
 /* a compute-type vector (also dweight/dbias), p aligned to LN_VECTOR_BYTES */
-static inline void stream_c(C *p, V v)
+static inline __attribute__((always_inline)) void stream_c(C *p, V v)
 {
 #if LN_DT == LN_DT_FLOAT64 && LN_VECTOR_BYTES == 64
     _mm512_stream_pd(p, (__m512d)v);
@@ -510,16 +510,16 @@ static inline void stream_c(C *p, V v)
 }
 #else
 #define LN_CAN_STREAM_C 0
-static inline void stream_c(C *p, V v) { vstore_c(p, v); }
+static inline __attribute__((always_inline)) void stream_c(C *p, V v) { vstore_c(p, v); }
 #endif
 
 #if (LN_DT == LN_DT_FLOAT32 || LN_DT == LN_DT_FLOAT64) && LN_CAN_STREAM_C
 #define LN_CAN_STREAM 1
-static inline void STREAMV(E *p, V v) { stream_c(p, v); }   /* p aligned to VL * sizeof(E) */
+static inline __attribute__((always_inline)) void STREAMV(E *p, V v) { stream_c(p, v); }   /* p aligned to VL * sizeof(E) */
 static inline void ln_stream_fence(void) { _mm_sfence(); }
 #elif (LN_DT == LN_DT_FLOAT16 || LN_DT == LN_DT_BFLOAT16) && defined(LN_NARROWV_IN_REGISTER)
 #define LN_CAN_STREAM 1
-static inline void STREAMV(E *p, V v)   /* p aligned to VL * sizeof(E) */
+static inline __attribute__((always_inline)) void STREAMV(E *p, V v)   /* p aligned to VL * sizeof(E) */
 {
     /* STOREV's rounding (NARROWV), then one streaming store: the same bits */
 #if LN_VECTOR_BYTES == 64
@@ -531,7 +531,7 @@ static inline void STREAMV(E *p, V v)   /* p aligned to VL * sizeof(E) */
 static inline void ln_stream_fence(void) { _mm_sfence(); }
 #else
 #define LN_CAN_STREAM 0
-static inline void STREAMV(E *p, V v) { STOREV(p, v); }
+static inline __attribute__((always_inline)) void STREAMV(E *p, V v) { STOREV(p, v); }
 static inline void ln_stream_fence(void)
 {
 #if LN_CAN_STREAM_C
@@ -716,11 +716,11 @@ static inline void ln_prefetch_pair_column(const E *column_a, const E *column_b,
 #define LN_STEPS_PER_BLOCK (LN_BLOCK / (LN_VECTOR_BYTES / 8 * LN_ACCUMULATORS))
 
 /* weight/bias entries, stored in the compute type or (storage != 0) like x */
-static inline V param_v(const void *p, int storage, int64_t i)
+static inline __attribute__((always_inline)) V param_v(const void *p, int storage, int64_t i)
 {
     return storage ? LOADV((const E *)p + i) : vload_c((const C *)p + i);
 }
-static inline C param_1(const void *p, int storage, int64_t i)
+static inline __attribute__((always_inline)) C param_1(const void *p, int storage, int64_t i)
 {
     return storage ? LOAD1((const E *)p + i) : ((const C *)p)[i];
 }
@@ -732,7 +732,7 @@ static inline const void *param_at(const void *p, int storage, int64_t i)
 
 /* x[i] (addend NULL), or x[i] + addend[i] rounded as the storage type
  * would hold it: the same values as a stored sum read back. */
-static inline V load_or_sum(const E *x, const E *addend, int64_t i)
+static inline __attribute__((always_inline)) V load_or_sum(const E *x, const E *addend, int64_t i)
 {
     if (!addend) return LOADV(x + i);
 #if LN_DT == LN_DT_FLOAT32 || LN_DT == LN_DT_FLOAT64
@@ -744,7 +744,7 @@ static inline V load_or_sum(const E *x, const E *addend, int64_t i)
 #endif
 }
 
-static inline C load1_or_sum(const E *x, const E *addend, int64_t i)
+static inline __attribute__((always_inline)) C load1_or_sum(const E *x, const E *addend, int64_t i)
 {
     if (!addend) return LOAD1(x + i);
     E stored;

@@ -135,7 +135,7 @@ static inline memory_plan plan_memory(const ln_forward_args *a, int64_t group)
  * load_or_sum: the stored sum, or (sum streamed) x and residual. */
 typedef struct { const E *data, *addend; } row_data;
 
-static inline row_data row_source(const ln_forward_args *a, int64_t offset, int sum_streamed)
+static inline __attribute__((always_inline)) row_data row_source(const ln_forward_args *a, int64_t offset, int sum_streamed)
 {
     if (!a->residual) return (row_data){(const E *)a->x + offset, NULL};
     if (sum_streamed) return (row_data){(const E *)a->x + offset, (const E *)a->residual + offset};
@@ -274,9 +274,8 @@ static inline __attribute__((always_inline)) C prepare_row(const ln_forward_args
  * pass, so that the rows are read in order. */
 static inline __attribute__((always_inline)) void short_rows_statistics(const ln_forward_args *a, int64_t first, int64_t count,
                                                                          const int folded, int sum_streamed, C *shift,
-                                                                         ln_moments *stats)
+                                                                         ln_moments *stats, const int64_t cols)
 {
-    const int64_t cols = a->layout.reduce;
     const int rms = a->mode == LN_MODE_RMS_NORM;
     V partial[LN_MAX_ROW_GROUP];
     C sums[LN_MAX_ROW_GROUP], mean[LN_MAX_ROW_GROUP];
@@ -329,9 +328,9 @@ static inline __attribute__((always_inline)) void short_rows_statistics(const ln
 /* The normalize pass of a row group through an L1 buffer, then one streamed
  * span (see stage_row_outputs). */
 static inline __attribute__((always_inline)) void normalize_group_staged(const ln_forward_args *a, int64_t first, int64_t count,
-                                                                          const row_transform *t, int sum_streamed, int prefetch)
+                                                                          const row_transform *t, int sum_streamed, int prefetch,
+                                                                          const int64_t cols)
 {
-    const int64_t cols = a->layout.reduce;
     /* the buffer starts as far into a line as y does, so that the streaming
      * loop's loads are aligned too */
     E buffer[(LN_STAGED_BYTES + 64) / sizeof(E)] __attribute__((aligned(64)));
@@ -350,9 +349,8 @@ static inline __attribute__((always_inline)) void normalize_group_staged(const l
 #pragma GCC diagnostic push
 #pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
 static inline __attribute__((always_inline)) void row_group_body(const ln_forward_args *a, int64_t first, int64_t count,
-                                                                  const C *recip, memory_plan plan)
+                                                                  const C *recip, memory_plan plan, const int64_t cols)
 {
-    const int64_t cols = a->layout.reduce;
     const int rms = a->mode == LN_MODE_RMS_NORM;
     /* the general path's statistics start at zero for the group's rows only
      * (zeroing all 16 rows' for every group cost (262144, 64) float32 1.2x
@@ -364,8 +362,8 @@ static inline __attribute__((always_inline)) void row_group_body(const ln_forwar
     if (cols <= LN_SHORT_ROW_MAX_COLS) {
         /* `folded` (count rounded up to sets of 8, the last padded with
          * zeros) a constant, so that the partial sums stay in registers */
-        if (count > LN_ROW_GROUP) short_rows_statistics(a, first, count, LN_SHORT_ROW_GROUP, plan.sum, shift, stats);
-        else short_rows_statistics(a, first, count, LN_ROW_GROUP, plan.sum, shift, stats);
+        if (count > LN_ROW_GROUP) short_rows_statistics(a, first, count, LN_SHORT_ROW_GROUP, plan.sum, shift, stats, cols);
+        else short_rows_statistics(a, first, count, LN_ROW_GROUP, plan.sum, shift, stats, cols);
     } else
 #endif
     {
@@ -381,7 +379,7 @@ static inline __attribute__((always_inline)) void row_group_body(const ln_forwar
     }
     finish_rows(a, first, count, shift, stats, t);
     if (plan.staged && count * cols >= 2 * VL) {
-        normalize_group_staged(a, first, count, t, plan.sum, plan.prefetch);
+        normalize_group_staged(a, first, count, t, plan.sum, plan.prefetch, cols);
         return;
     }
     for (int64_t g = 0; g < count; g++) {
@@ -395,15 +393,45 @@ static inline __attribute__((always_inline)) void row_group_body(const ln_forwar
 
 #pragma GCC diagnostic pop
 
-/* The body specialized on whether the sum is recomputed, so that the usual
- * case reads its data without a per-vector test for an addend. */
+/* The body specialized on whether the sum is recomputed (SUM), so that the
+ * usual case reads its data without a per-vector test for an addend, and on
+ * the row length COLS where it is a constant. */
+#define LN_ROW_GROUP_COPY(name, COLS, SUM)                                                                 \
+    static __attribute__((noinline)) void name(const ln_forward_args *a, int64_t first, int64_t count,    \
+                                               const C *recip, memory_plan plan)                          \
+    {                                                                                                     \
+        row_group_body(a, first, count, recip, (memory_plan){plan.y, plan.staged, SUM, plan.prefetch}, COLS); \
+    }
+LN_ROW_GROUP_COPY(row_group, a->layout.reduce, 0)
+LN_ROW_GROUP_COPY(row_group_summed, a->layout.reduce, 1)
+/* Rows of 64 and 128 elements (attention heads' widths) with the length a
+ * constant, so that their per-row loops unroll.  A/B against the runtime
+ * length (bench/compare_builds.py), in cache, 1 thread, AVX-512: (8192, 64)
+ * float16 0.82x the time, bfloat16 0.83x, float32 0.86x, float64 0.73x;
+ * (4096, 128) float16 0.88x, bfloat16 0.87x, float32 0.92x, float64 0.79x;
+ * AVX2 (8192, 64) float32 0.81x, float16 0.84x, bfloat16 0.90x; baseline
+ * 0.86x to 0.91x.  2 threads, (262144, 64): float16 0.81x, bfloat16 0.83x,
+ * rms float16 0.94x, float32 0.99x (bound by memory).  Both sum variants:
+ * with the length a constant the compiler folds constants (a Chan merge's
+ * scale of 1) and contracts multiply-adds differently (float64 rows of 64
+ * moved by an ulp), and add_layer_norm(x, r) must keep the bits of
+ * layer_norm(x + r).  Each copy is its own function (inlined into one,
+ * (4096, 128) bfloat16 took 1.5x the time), and the per-vector helpers are
+ * always_inline: with six copies in the unit GCC's inlining budget ran out
+ * and the loops called load_or_sum (bfloat16 (1024, 768) took 1.9x). */
+LN_ROW_GROUP_COPY(row_group_64, 64, 0)
+LN_ROW_GROUP_COPY(row_group_64_summed, 64, 1)
+LN_ROW_GROUP_COPY(row_group_128, 128, 0)
+LN_ROW_GROUP_COPY(row_group_128_summed, 128, 1)
+#undef LN_ROW_GROUP_COPY
+
 static void forward_row_group(const ln_forward_args *a, int64_t first, int64_t count, const C *recip,
                               memory_plan plan)
 {
-    if (plan.sum)
-        row_group_body(a, first, count, recip, (memory_plan){plan.y, plan.staged, 1, plan.prefetch});
-    else
-        row_group_body(a, first, count, recip, (memory_plan){plan.y, plan.staged, 0, plan.prefetch});
+    const int64_t cols = a->layout.reduce;
+    if (cols == 64) (plan.sum ? row_group_64_summed : row_group_64)(a, first, count, recip, plan);
+    else if (cols == 128) (plan.sum ? row_group_128_summed : row_group_128)(a, first, count, recip, plan);
+    else (plan.sum ? row_group_summed : row_group)(a, first, count, recip, plan);
 }
 
 /* A few long rows (fewer than LN_SPLIT_BELOW_ROWS): blocks of every row are
