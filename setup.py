@@ -37,7 +37,19 @@ SIMD_LEVELS = {
 # conversion instruction (dispatch.c takes it when the CPU has it).
 BF16_VARIANT = "avx512bf16"
 BF16_VARIANT_FLAGS = SIMD_LEVELS["avx512"][1] + ["-mavx512bf16"]
-COMMON_FLAGS = ["-O3", "-std=gnu11", "-fno-math-errno", "-Wall", "-Wno-unknown-pragmas", "-Wno-psabi"]
+# -ffp-contract=off: the compiler never fuses a * b + c on its own; the
+# kernels' multiply-adds are fused where they say so (vmuladd, smuladd in
+# kernel_common.h).  With GNU C's default (fast), whether an expression was
+# fused depended on how the compiler inlined and laid out the code around it,
+# so two copies of one expression could round differently: a copy of the row
+# body specialized on the row length moved float64 rows of 64 by an ulp, the
+# strided kernel's columns and leftover positions disagreed (5fed30e).  Every
+# hot multiply-add is written out, so the speed is unchanged (A/B, AVX-512,
+# 2 threads: backward (4096, 768) 0.96x the time, NCHW forward 0.96x,
+# backward 0.94x; in cache float64 (256, 768) 1.00x, float32 (16, 8192)
+# 0.92x; AVX2 backward (128, 768) in cache 1.05x).
+COMMON_FLAGS = ["-O3", "-std=gnu11", "-fno-math-errno", "-ffp-contract=off", "-Wall", "-Wno-unknown-pragmas",
+                "-Wno-psabi"]
 # The kernels are vectorized by hand, but the compiler's loop vectorizer also
 # takes some scalar loops (row tails, few columns, per-row finishes) and may
 # version them on the pointers' runtime overlap or alignment: the vector and

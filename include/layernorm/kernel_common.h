@@ -94,12 +94,11 @@ static inline void vd_add_widened(double *p, V v, int first)
     for (int part = 0; part < LN_WIDE_PARTS; part++) vd_add_half(p + part * (VL / LN_WIDE_PARTS), v_widened(v, part), first);
 }
 
-/* a * b + c, fused where the level has FMA.  Written out where the same
- * element can be computed by two copies of one expression (a streamed row's
- * unaligned ends and its loop): the compiler contracts a * b + c only when
- * both operations land in one basic block, which differed between the copies
- * (a bfloat16 row end came out 1 ulp off its loop).  LN_FUSED_MULADD: this
- * level fuses it (smuladd and ln_add_on_fma follow the same rule). */
+/* a * b + c, fused where the level has FMA.  The kernels are compiled with
+ * -ffp-contract=off (see setup.py), so these are the only fused
+ * multiply-adds: a vector path and the scalar path that must give its bits
+ * use vmuladd and smuladd at the same places.  LN_FUSED_MULADD: this level
+ * fuses them (ln_add_on_fma follows the same rule). */
 #if defined(__FMA__) && (defined(__x86_64__) || defined(__i386__))
 #define LN_FUSED_MULADD 1
 #else

@@ -63,8 +63,8 @@ static inline __attribute__((always_inline)) ln_moments block_welford(const E *x
     do {                                                  \
         const V v = load_or_sum(x, addend, i) - vshift;   \
         const V delta = v - mean[k];                      \
-        mean[k] += delta * (inv);                         \
-        m2[k] += delta * (v - mean[k]);                   \
+        mean[k] = vmuladd(delta, (inv), mean[k]);         \
+        m2[k] = vmuladd(delta, v - mean[k], m2[k]);       \
     } while (0)
     for (int64_t s = 0; s < steps; s++) {
         const V inv = vbroadcast(recip[s]);

@@ -70,7 +70,7 @@ static inline row_sums block_sums(const E *x, const E *dy, const void *weight, i
             const V g = grad_in(weight, storage, dy, i);
             const V xhat = (LOADV(x + i) - vmean) * vrstd;
             sg[k] += g;
-            sgx[k] += g * xhat;
+            sgx[k] = vmuladd(g, xhat, sgx[k]);
         }
     }
     for (int width = K / 2; width >= 1; width /= 2)
@@ -79,7 +79,7 @@ static inline row_sums block_sums(const E *x, const E *dy, const void *weight, i
     for (int64_t i = steps * step; i < n; i++) {
         const C g = weight ? LOAD1(dy + i) * param_1(weight, storage, i) : LOAD1(dy + i);
         tail_g += g;
-        tail_gx += g * ((LOAD1(x + i) - mean) * rstd);
+        tail_gx = smuladd(g, (LOAD1(x + i) - mean) * rstd, tail_gx);
     }
     return (row_sums){(double)lanes_sum(sg[0]) + tail_g, (double)lanes_sum(sgx[0]) + tail_gx};
 }
@@ -205,10 +205,10 @@ static inline __attribute__((always_inline)) void dx_group(const ln_backward_arg
             const int64_t at = g * cols + i;
             const V d = LOADV(dy + at);
             const V xhat = (LOADV(x + at) - vbroadcast(c[g].mean)) * vbroadcast(c[g].rstd);
-            const V result = vbroadcast(c[g].rstd) * ((d * w - vbroadcast(c[g].mean_g)) - xhat * vbroadcast(c[g].mean_gx));
+            const V result = vbroadcast(c[g].rstd) * vmuladd(xhat, vbroadcast(-c[g].mean_gx), vmuladd(d, w, vbroadcast(-c[g].mean_g)));
             if (stream) STREAMV(dx + at, result);
             else STOREV(dx + at, result);
-            acc_w += d * xhat;
+            acc_w = vmuladd(d, xhat, acc_w);
             acc_b += d;
         }
         if (sink) sink_v(sink, i, acc_w, acc_b);
@@ -220,8 +220,8 @@ static inline __attribute__((always_inline)) void dx_group(const ln_backward_arg
             const int64_t at = g * cols + i;
             const C d = LOAD1(dy + at);
             const C xhat = (LOAD1(x + at) - c[g].mean) * c[g].rstd;
-            STORE1(dx + at, c[g].rstd * ((d * w - c[g].mean_g) - xhat * c[g].mean_gx));
-            acc_w += d * xhat;
+            STORE1(dx + at, c[g].rstd * smuladd(xhat, -c[g].mean_gx, smuladd(d, w, -c[g].mean_g)));
+            acc_w = smuladd(d, xhat, acc_w);
             acc_b += d;
         }
         if (sink) sink_1(sink, i, acc_w, acc_b);

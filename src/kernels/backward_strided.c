@@ -69,16 +69,16 @@ static inline void dx_row(const tile_state *st, const E *x, const E *dy, E *dx, 
         const V d = LOADV(dy + i);
         const V rstd = vload_c(st->rstd + i);
         const V xhat = (LOADV(x + i) - vload_c(st->mean + i)) * rstd;
-        STOREV(dx + i, rstd * ((d * vw - vload_c(st->mean_g + i)) - xhat * vload_c(st->mean_gx + i)));
-        acc_w += d * xhat;
+        STOREV(dx + i, rstd * vmuladd(xhat, -vload_c(st->mean_gx + i), vmuladd(d, vw, -vload_c(st->mean_g + i))));
+        acc_w = vmuladd(d, xhat, acc_w);
         acc_b += d;
     }
     C tail_w = 0, tail_b = 0;
     for (; i < width; i++) {
         const C d = LOAD1(dy + i);
         const C xhat = (LOAD1(x + i) - st->mean[i]) * st->rstd[i];
-        STORE1(dx + i, st->rstd[i] * ((d * w - st->mean_g[i]) - xhat * st->mean_gx[i]));
-        tail_w += d * xhat;
+        STORE1(dx + i, st->rstd[i] * smuladd(xhat, -st->mean_gx[i], smuladd(d, w, -st->mean_g[i])));
+        tail_w = smuladd(d, xhat, tail_w);
         tail_b += d;
     }
     *dweight += (double)lanes_sum(acc_w) + tail_w;
@@ -145,7 +145,7 @@ static inline __attribute__((always_inline)) void backward_columns(const ln_back
             for (int k = 0; k < vectors; k++) {
                 const V g = LOADV(dy + at + k * VL) * w;
                 sg[k] += g;
-                sgx[k] += g * ((LOADV(x + at + k * VL) - mean[k]) * rstd[k]);
+                sgx[k] = vmuladd(g, (LOADV(x + at + k * VL) - mean[k]) * rstd[k], sgx[k]);
             }
         }
         for (int k = 0; k < vectors; k++) {
@@ -171,10 +171,10 @@ static inline __attribute__((always_inline)) void backward_columns(const ln_back
         for (int k = 0; k < vectors; k++) {
             const V d = LOADV(dy + at + k * VL);
             const V xhat = (LOADV(x + at + k * VL) - mean[k]) * rstd[k];
-            const V result = rstd[k] * ((d * w - mean_g[k]) - xhat * mean_gx[k]);
+            const V result = rstd[k] * vmuladd(xhat, -mean_gx[k], vmuladd(d, w, -mean_g[k]));
             if (stream) STREAMV(dx + at + k * VL, result);
             else STOREV(dx + at + k * VL, result);
-            acc_w += d * xhat;
+            acc_w = vmuladd(d, xhat, acc_w);
             acc_b += d;
         }
         dweight[r] += (double)lanes_sum(acc_w);

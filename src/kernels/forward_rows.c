@@ -411,11 +411,11 @@ LN_ROW_GROUP_COPY(row_group_summed, a->layout.reduce, 1)
  * (4096, 128) float16 0.88x, bfloat16 0.87x, float32 0.92x, float64 0.79x;
  * AVX2 (8192, 64) float32 0.81x, float16 0.84x, bfloat16 0.90x; baseline
  * 0.86x to 0.91x.  2 threads, (262144, 64): float16 0.81x, bfloat16 0.83x,
- * rms float16 0.94x, float32 0.99x (bound by memory).  Both sum variants:
- * with the length a constant the compiler folds constants (a Chan merge's
- * scale of 1) and contracts multiply-adds differently (float64 rows of 64
- * moved by an ulp), and add_layer_norm(x, r) must keep the bits of
- * layer_norm(x + r).  Each copy is its own function (inlined into one,
+ * rms float16 0.94x, float32 0.99x (bound by memory).  The same bits as the
+ * runtime length at every level and dtype: the constant only folds exact
+ * operations (a Chan merge's scale of 1), now that no multiply-add is fused
+ * but those written out (setup.py; before that, float64 rows of 64 moved by
+ * an ulp).  Each copy is its own function (inlined into one,
  * (4096, 128) bfloat16 took 1.5x the time), and the per-vector helpers are
  * always_inline: with six copies in the unit GCC's inlining budget ran out
  * and the loops called load_or_sum (bfloat16 (1024, 768) took 1.9x). */

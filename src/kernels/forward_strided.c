@@ -75,13 +75,13 @@ static inline __attribute__((always_inline)) void forward_columns(const ln_forwa
                     v = LOADV(src + p);
                 }
                 if (rms) {
-                    m2[k] += v * v;
+                    m2[k] = vmuladd(v, v, m2[k]);
                 } else {
                     if (r == 0) shift[k] = v;
                     v -= shift[k];
                     const V delta = v - mean[k];
-                    mean[k] += delta * inv;
-                    m2[k] += delta * (v - mean[k]);
+                    mean[k] = vmuladd(delta, inv, mean[k]);
+                    m2[k] = vmuladd(delta, v - mean[k], m2[k]);
                 }
             }
         }
@@ -191,13 +191,13 @@ static void forward_positions(const ln_forward_args *a, int64_t o, int64_t i, in
                 if (residual) STORE1(sum_out + p, LOAD1(x + p) + LOAD1(residual + p));
                 C v = LOAD1(src + p);
                 if (rms) {
-                    m2 += v * v;
+                    m2 = smuladd(v, v, m2);
                 } else {
                     if (r == 0) shift = v;
                     v -= shift;
                     const C delta = v - mean;
-                    mean += delta * recip[r - first];
-                    m2 += delta * (v - mean);
+                    mean = smuladd(delta, recip[r - first], mean);
+                    m2 = smuladd(delta, v - mean, m2);
                 }
             }
             const double n = (double)last, nb = (double)(last - first), wb = nb / n, wab = (double)first * nb / n;
