@@ -55,33 +55,42 @@ static inline V grad_in(const void *weight, int storage, const E *dy, int64_t i)
     return weight ? LOADV(dy + i) * param_v(weight, storage, i) : LOADV(dy + i);
 }
 
-/* sum(g) and sum(g * xhat) over one block, in lanes with K accumulators. */
+/* sum(g) and sum(g * xhat) over one block, in lanes with LN_ACCUMULATORS
+ * accumulators each.  Named accumulators, not arrays: with the multiply-add
+ * written out (vmuladd), GCC kept an array of them on the stack at AVX2, and
+ * each step waited on a store and a load ((128, 768) in cache took 1.07x the
+ * time). */
+_Static_assert(LN_ACCUMULATORS == 4, "block_sums has four accumulators");
 static inline row_sums block_sums(const E *x, const E *dy, const void *weight, int storage, int64_t n,
                                   C mean, C rstd)
 {
-    enum { K = LN_ACCUMULATORS };
     const V vmean = vbroadcast(mean), vrstd = vbroadcast(rstd);
-    V sg[K], sgx[K];
-    for (int k = 0; k < K; k++) sg[k] = sgx[k] = vbroadcast(0);
-    const int64_t step = VL * K, steps = n / step;
+    V sg0 = vbroadcast(0), sg1 = sg0, sg2 = sg0, sg3 = sg0, sgx0 = sg0, sgx1 = sg0, sgx2 = sg0, sgx3 = sg0;
+    const int64_t step = VL * LN_ACCUMULATORS, steps = n / step;
+#define LN_SUM_STEP(sg, sgx, i)                                     \
+    do {                                                            \
+        const V g_ = grad_in(weight, storage, dy, i);               \
+        const V xhat_ = (LOADV(x + (i)) - vmean) * vrstd;           \
+        sg += g_;                                                   \
+        sgx = vmuladd(g_, xhat_, sgx);                              \
+    } while (0)
     for (int64_t s = 0; s < steps; s++) {
-        for (int k = 0; k < K; k++) {
-            const int64_t i = s * step + k * VL;
-            const V g = grad_in(weight, storage, dy, i);
-            const V xhat = (LOADV(x + i) - vmean) * vrstd;
-            sg[k] += g;
-            sgx[k] = vmuladd(g, xhat, sgx[k]);
-        }
+        LN_SUM_STEP(sg0, sgx0, s * step);
+        LN_SUM_STEP(sg1, sgx1, s * step + VL);
+        LN_SUM_STEP(sg2, sgx2, s * step + 2 * VL);
+        LN_SUM_STEP(sg3, sgx3, s * step + 3 * VL);
     }
-    for (int width = K / 2; width >= 1; width /= 2)
-        for (int k = 0; k < width; k++) sg[k] += sg[k + width], sgx[k] += sgx[k + width];
+#undef LN_SUM_STEP
+    /* pairwise, as the arrays were: (0 + 2) + (1 + 3) */
+    sg0 += sg2, sg1 += sg3, sgx0 += sgx2, sgx1 += sgx3;
+    sg0 += sg1, sgx0 += sgx1;
     C tail_g = 0, tail_gx = 0;
     for (int64_t i = steps * step; i < n; i++) {
         const C g = weight ? LOAD1(dy + i) * param_1(weight, storage, i) : LOAD1(dy + i);
         tail_g += g;
         tail_gx = smuladd(g, (LOAD1(x + i) - mean) * rstd, tail_gx);
     }
-    return (row_sums){(double)lanes_sum(sg[0]) + tail_g, (double)lanes_sum(sgx[0]) + tail_gx};
+    return (row_sums){(double)lanes_sum(sg0) + tail_g, (double)lanes_sum(sgx0) + tail_gx};
 }
 
 static inline row_sums sum_row(const E *x, const E *dy, const void *weight, int storage, int64_t cols,
@@ -97,7 +106,12 @@ static inline row_sums sum_row(const E *x, const E *dy, const void *weight, int 
     return total;
 }
 
-typedef struct { C mean, rstd, mean_g, mean_gx; } row_coefficients;
+/* The row's mean and rstd, and -mean(g) and -mean(g * xhat) negated once
+ * here: dx = rstd * ((g - mean(g)) - xhat * mean(g * xhat)) is two fused
+ * multiply-adds with them, and a negation in the loop cost AVX2 (20, 500)
+ * 1.07x the time (GCC folded it into fmsub/fnmadd only in contracted
+ * expressions). */
+typedef struct { C mean, rstd, minus_mean_g, minus_mean_gx; } row_coefficients;
 
 /* Stream dx (see ln_stream_rows; the call moves x, dy and dx)?  Only when
  * every vector of it is aligned: dx comes from the buffer pool, whose blocks
@@ -129,7 +143,7 @@ static inline row_coefficients coefficients(const ln_backward_args *a, int64_t r
     const int64_t cols = a->layout.reduce;
     const int rms = a->mode == LN_MODE_RMS_NORM;
     return (row_coefficients){row_mean(a, r), ((const C *)a->rstd)[r],
-                              rms ? (C)0 : (C)(s.sum_g / (double)cols), (C)(s.sum_g_xhat / (double)cols)};
+                              rms ? (C)0 : -(C)(s.sum_g / (double)cols), -(C)(s.sum_g_xhat / (double)cols)};
 }
 
 /* Where a group's dweight/dbias column sums go, per array (dweight, dbias):
@@ -205,7 +219,7 @@ static inline __attribute__((always_inline)) void dx_group(const ln_backward_arg
             const int64_t at = g * cols + i;
             const V d = LOADV(dy + at);
             const V xhat = (LOADV(x + at) - vbroadcast(c[g].mean)) * vbroadcast(c[g].rstd);
-            const V result = vbroadcast(c[g].rstd) * vmuladd(xhat, vbroadcast(-c[g].mean_gx), vmuladd(d, w, vbroadcast(-c[g].mean_g)));
+            const V result = vbroadcast(c[g].rstd) * vmuladd(xhat, vbroadcast(c[g].minus_mean_gx), vmuladd(d, w, vbroadcast(c[g].minus_mean_g)));
             if (stream) STREAMV(dx + at, result);
             else STOREV(dx + at, result);
             acc_w = vmuladd(d, xhat, acc_w);
@@ -220,7 +234,7 @@ static inline __attribute__((always_inline)) void dx_group(const ln_backward_arg
             const int64_t at = g * cols + i;
             const C d = LOAD1(dy + at);
             const C xhat = (LOAD1(x + at) - c[g].mean) * c[g].rstd;
-            STORE1(dx + at, c[g].rstd * smuladd(xhat, -c[g].mean_gx, smuladd(d, w, -c[g].mean_g)));
+            STORE1(dx + at, c[g].rstd * smuladd(xhat, c[g].minus_mean_gx, smuladd(d, w, c[g].minus_mean_g)));
             acc_w = smuladd(d, xhat, acc_w);
             acc_b += d;
         }
