@@ -47,7 +47,7 @@ BF16_VARIANT_FLAGS = SIMD_LEVELS["avx512"][1] + ["-mavx512bf16"]
 # hot multiply-add is written out, so the speed is unchanged (A/B, AVX-512,
 # 2 threads: backward (4096, 768) 0.96x the time, NCHW forward 0.96x,
 # backward 0.94x; in cache float64 (256, 768) 1.00x, float32 (16, 8192)
-# 0.92x; AVX2 backward (128, 768) in cache 1.05x).
+# 0.92x; AVX2 backward (128, 768) in cache 1.03x).
 COMMON_FLAGS = ["-O3", "-std=gnu11", "-fno-math-errno", "-ffp-contract=off", "-Wall", "-Wno-unknown-pragmas",
                 "-Wno-psabi"]
 # The kernels are vectorized by hand, but the compiler's loop vectorizer also

@@ -59,7 +59,7 @@ static inline V grad_in(const void *weight, int storage, const E *dy, int64_t i)
  * accumulators each.  Named accumulators, not arrays: with the multiply-add
  * written out (vmuladd), GCC kept an array of them on the stack at AVX2, and
  * each step waited on a store and a load ((128, 768) in cache took 1.07x the
- * time). */
+ * time of the contracted code, 1.03x with named accumulators). */
 _Static_assert(LN_ACCUMULATORS == 4, "block_sums has four accumulators");
 static inline row_sums block_sums(const E *x, const E *dy, const void *weight, int storage, int64_t n,
                                   C mean, C rstd)
@@ -106,12 +106,7 @@ static inline row_sums sum_row(const E *x, const E *dy, const void *weight, int 
     return total;
 }
 
-/* The row's mean and rstd, and -mean(g) and -mean(g * xhat) negated once
- * here: dx = rstd * ((g - mean(g)) - xhat * mean(g * xhat)) is two fused
- * multiply-adds with them, and a negation in the loop cost AVX2 (20, 500)
- * 1.07x the time (GCC folded it into fmsub/fnmadd only in contracted
- * expressions). */
-typedef struct { C mean, rstd, minus_mean_g, minus_mean_gx; } row_coefficients;
+typedef struct { C mean, rstd, mean_g, mean_gx; } row_coefficients;
 
 /* Stream dx (see ln_stream_rows; the call moves x, dy and dx)?  Only when
  * every vector of it is aligned: dx comes from the buffer pool, whose blocks
@@ -143,7 +138,7 @@ static inline row_coefficients coefficients(const ln_backward_args *a, int64_t r
     const int64_t cols = a->layout.reduce;
     const int rms = a->mode == LN_MODE_RMS_NORM;
     return (row_coefficients){row_mean(a, r), ((const C *)a->rstd)[r],
-                              rms ? (C)0 : -(C)(s.sum_g / (double)cols), -(C)(s.sum_g_xhat / (double)cols)};
+                              rms ? (C)0 : (C)(s.sum_g / (double)cols), (C)(s.sum_g_xhat / (double)cols)};
 }
 
 /* Where a group's dweight/dbias column sums go, per array (dweight, dbias):
@@ -219,7 +214,7 @@ static inline __attribute__((always_inline)) void dx_group(const ln_backward_arg
             const int64_t at = g * cols + i;
             const V d = LOADV(dy + at);
             const V xhat = (LOADV(x + at) - vbroadcast(c[g].mean)) * vbroadcast(c[g].rstd);
-            const V result = vbroadcast(c[g].rstd) * vmuladd(xhat, vbroadcast(c[g].minus_mean_gx), vmuladd(d, w, vbroadcast(c[g].minus_mean_g)));
+            const V result = vbroadcast(c[g].rstd) * vmuladd(xhat, vbroadcast(-c[g].mean_gx), vmuladd(d, w, vbroadcast(-c[g].mean_g)));
             if (stream) STREAMV(dx + at, result);
             else STOREV(dx + at, result);
             acc_w = vmuladd(d, xhat, acc_w);
@@ -234,7 +229,7 @@ static inline __attribute__((always_inline)) void dx_group(const ln_backward_arg
             const int64_t at = g * cols + i;
             const C d = LOAD1(dy + at);
             const C xhat = (LOAD1(x + at) - c[g].mean) * c[g].rstd;
-            STORE1(dx + at, c[g].rstd * smuladd(xhat, c[g].minus_mean_gx, smuladd(d, w, c[g].minus_mean_g)));
+            STORE1(dx + at, c[g].rstd * smuladd(xhat, -c[g].mean_gx, smuladd(d, w, -c[g].mean_g)));
             acc_w = smuladd(d, xhat, acc_w);
             acc_b += d;
         }
