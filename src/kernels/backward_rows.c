@@ -80,12 +80,19 @@ static inline row_sums block_sums(const E *x, const E *dy, const void *weight, i
         LN_SUM_STEP(sg2, sgx2, s * step + 2 * VL);
         LN_SUM_STEP(sg3, sgx3, s * step + 3 * VL);
     }
+    /* the up to three whole vectors left, as LN_PARTIAL_SUMS takes them: in
+     * C one element at a time, they were most of the time of a row of 500
+     * (52 of its elements at AVX-512, on one dependency chain) */
+    const int64_t done = steps * step, left = n / VL - steps * LN_ACCUMULATORS;
+    if (left > 0) LN_SUM_STEP(sg0, sgx0, done);
+    if (left > 1) LN_SUM_STEP(sg1, sgx1, done + VL);
+    if (left > 2) LN_SUM_STEP(sg2, sgx2, done + 2 * VL);
 #undef LN_SUM_STEP
     /* pairwise, as the arrays were: (0 + 2) + (1 + 3) */
     sg0 += sg2, sg1 += sg3, sgx0 += sgx2, sgx1 += sgx3;
     sg0 += sg1, sgx0 += sgx1;
     C tail_g = 0, tail_gx = 0;
-    for (int64_t i = steps * step; i < n; i++) {
+    for (int64_t i = n / VL * VL; i < n; i++) {
         const C g = weight ? LOAD1(dy + i) * param_1(weight, storage, i) : LOAD1(dy + i);
         tail_g += g;
         tail_gx = smuladd(g, (LOAD1(x + i) - mean) * rstd, tail_gx);
