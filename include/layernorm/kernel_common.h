@@ -766,25 +766,33 @@ static inline int64_t ln_rows_per_group(int64_t budget, int64_t cols, int64_t mo
  * (one entry at a time, the add latency made this merge 9% of the backward on
  * (4096, 768)); each entry's order, and so its bits, is unchanged. */
 #define LN_SUM_WIDTH 8
+/* Entries [j0, j0 + width) of ln_sum_partials; inlined with the width a
+ * constant for the whole chunks, so that the sums stay in registers and the
+ * stores are vector conversions. */
+static inline __attribute__((always_inline)) void ln_sum_partials_at(const ln_backward_args *a, const double *partial,
+                                                                    int64_t blocks, int64_t j0, int64_t width)
+{
+    const int64_t n = a->layout.reduce;
+    double w[LN_SUM_WIDTH] = {0}, b[LN_SUM_WIDTH] = {0};
+    for (int64_t block = 0; block < blocks; block++) {
+        const double *pw = partial + 2 * block * n + j0, *pb = pw + n;
+        for (int64_t k = 0; k < width; k++) {
+            w[k] += pw[k];
+            b[k] += pb[k];
+        }
+    }
+    if (a->dweight)
+        for (int64_t k = 0; k < width; k++) ((C *)a->dweight)[j0 + k] = (C)w[k];
+    if (a->dbias)
+        for (int64_t k = 0; k < width; k++) ((C *)a->dbias)[j0 + k] = (C)b[k];
+}
+
 static inline void ln_sum_partials(const ln_backward_args *a, const double *partial, int64_t blocks, int64_t begin,
                                    int64_t end)
 {
-    const int64_t n = a->layout.reduce;
-    for (int64_t j0 = begin; j0 < end; j0 += LN_SUM_WIDTH) {
-        const int64_t width = end - j0 < LN_SUM_WIDTH ? end - j0 : LN_SUM_WIDTH;
-        double w[LN_SUM_WIDTH] = {0}, b[LN_SUM_WIDTH] = {0};
-        for (int64_t block = 0; block < blocks; block++) {
-            const double *pw = partial + 2 * block * n + j0, *pb = pw + n;
-            for (int64_t k = 0; k < width; k++) {
-                w[k] += pw[k];
-                b[k] += pb[k];
-            }
-        }
-        for (int64_t k = 0; k < width; k++) {
-            if (a->dweight) ((C *)a->dweight)[j0 + k] = (C)w[k];
-            if (a->dbias) ((C *)a->dbias)[j0 + k] = (C)b[k];
-        }
-    }
+    int64_t j0 = begin;
+    for (; j0 + LN_SUM_WIDTH <= end; j0 += LN_SUM_WIDTH) ln_sum_partials_at(a, partial, blocks, j0, LN_SUM_WIDTH);
+    if (j0 < end) ln_sum_partials_at(a, partial, blocks, j0, end - j0);
 }
 
 /* All of ln_sum_partials, shared by the threads of the enclosing parallel
