@@ -42,6 +42,27 @@ def test_blocks_are_reused_only_for_the_same_size():
     assert c.__array_interface__["data"][0] == a_address
 
 
+def handler_name(array):
+    try:
+        from numpy._core.multiarray import get_handler_name
+    except ImportError:                        # NumPy 1.x
+        from numpy.core.multiarray import get_handler_name
+    return get_handler_name(array)
+
+
+def test_outputs_from_128_kb_are_pooled():
+    """From glibc's first mmap threshold up: outputs of a few hundred KB
+    otherwise came back as fresh (page-faulting) pages on every call."""
+    x = np.random.default_rng(2).standard_normal((16, 64, 56))     # 448 KB
+    y, s = ln.add_layer_norm(x, np.ones_like(x), axis=1)
+    np.testing.assert_allclose(s, x + 1)
+    assert handler_name(y) == handler_name(s) == "layernorm_buffer_pool"
+    dx = ln.layer_norm_backward(x, x, *ln.layer_norm(x, axis=1, return_stats=True)[1:], axis=1)[0]
+    assert handler_name(dx) == "layernorm_buffer_pool"
+    small = ln.layer_norm(x[:, :, :8], axis=1)                       # 64 KB
+    assert handler_name(small) != "layernorm_buffer_pool"
+
+
 def test_small_arrays_and_resize_use_plain_memory():
     small = _buffer_pool.empty((4, 4), np.float64)
     assert small.shape == (4, 4) and small.flags.c_contiguous
