@@ -81,18 +81,35 @@ def test_half_weights_copied_to_float32_on_the_fast_path(rng, dtype):
     assert weight.tobytes() == kept[0].tobytes() and bias.tobytes() == kept[1].tobytes()
 
 
-@pytest.mark.parametrize("dtype", [FLOAT32, FLOAT64])
-def test_backward_taken_and_equal_to_the_general_path(rng, dtype):
+@pytest.mark.parametrize("dtype", ALL_DTYPES)
+@pytest.mark.parametrize("weight_kind", ["none", "statistics dtype", "x's dtype"])
+@pytest.mark.parametrize("shape", [(20, 5, 10, 10), (256, 3, 256)])
+@pytest.mark.parametrize("mode", [LN, RMS])
+def test_backward_taken_and_equal_to_the_general_path(rng, dtype, weight_kind, shape, mode):
+    """Half precision too, with a float32 weight or one in x's dtype (read
+    natively in the small call, as a float32 copy in the large one, whose
+    weight entries serve 256 rows each)."""
     from layernorm import functional
-    x = random_array(rng, (20, 5, 10, 10), dtype, offset=2.0)
+    axes = (1, 2, 3) if len(shape) == 4 else (1, 2)
+    x = random_array(rng, shape, dtype, offset=2.0)
     dy = random_array(rng, x.shape, dtype)
-    weight = random_params(rng, (5, 10, 10), dtype)[0]
-    _, mean, rstd = ln.layer_norm(x, (1, 2, 3), weight, return_stats=True)
-    fast = _kernels.fast_backward(LN, dy, x, mean, rstd, (1, 2, 3), weight)
-    assert fast is not None
-    slow = functional._backward(LN, dy, x, mean, rstd, (1, 2, 3), weight)
+    weight = None
+    if weight_kind != "none":
+        wdtype = dtype if weight_kind == "x's dtype" else stats_dtype(dtype)
+        weight = random_params(rng, shape[1:], wdtype)[0]
+    kept = None if weight is None else weight.copy()
+    if mode == LN:
+        _, mean, rstd = ln.layer_norm(x, axes, weight, return_stats=True)
+    else:
+        mean, (_, rstd) = None, ln.rms_norm(x, axes, weight, return_stats=True)
+    fast = _kernels.fast_backward(mode, dy, x, mean, rstd, axes, weight)
+    assert fast is not None, "the fast path declined"
+    slow = functional._backward(mode, dy, x, mean, rstd, axes, weight)
+    assert len(fast) == len(slow) == (3 if mode == LN else 2)
     for a, b in zip(fast, slow):
-        assert a.tobytes() == b.tobytes()
+        assert a.dtype == b.dtype and a.shape == b.shape and a.tobytes() == b.tobytes()
+    if weight is not None:
+        assert fast[1].dtype == weight.dtype and weight.tobytes() == kept.tobytes()
 
 
 X = np.arange(12, dtype=np.float32).reshape(3, 4)
@@ -159,7 +176,8 @@ def test_declines_backward_without_raising():
     for dy, m, r, axis, w in [(X, mean, rstd, 2 ** 70, None), (X, None, rstd, -1, None),
                               (X, mean, None, -1, None), (X, mean[:2], rstd, -1, None),
                               (X, mean, rstd, -1, np.ones(4)), (X.astype(np.float64), mean, rstd, -1, None),
-                              (X.astype(np.float16), mean, rstd, -1, None), (X.T, mean, rstd, -1, None)]:
+                              (X.astype(np.float16), mean, rstd, -1, None), (X.T, mean, rstd, -1, None),
+                              (X, mean.astype(np.float64), rstd, -1, None), (X, mean, rstd, -1, np.ones(4, np.float16))]:
         assert _kernels.fast_backward(LN, dy, X, m, r, axis, w) is None
 
 

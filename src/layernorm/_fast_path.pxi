@@ -281,16 +281,17 @@ def fast_forward(int mode, x, axis, weight, bias, eps, out, bint return_stats,
 
 def fast_backward(int mode, dy, x, mean, rstd, axis, weight):
     """layer_norm_backward / rms_norm_backward for the common call:
-    C-contiguous float32/float64 dy and x of one dtype and shape over trailing
-    axes, statistics and weight of the exact shapes and dtype.  None when the
-    general path must run."""
+    C-contiguous dy and x of one kernel dtype and shape over trailing axes,
+    statistics of the exact shape in the statistics dtype (float32, float64
+    for float64 x), weight of the exact shape in that dtype or (half
+    precision) in x's.  None when the general path must run."""
     if type(x) is not cnp.ndarray or type(dy) is not cnp.ndarray:
         return None
     cdef cnp.ndarray xa = <cnp.ndarray>x
     cdef int ndim = cnp.PyArray_NDIM(xa)
     cdef cnp.dtype dtype = xa.descr
     cdef int code = kernel_code(dtype)
-    if (code != FLOAT32 and code != FLOAT64) or ndim == 0 or not cnp.PyArray_IS_C_CONTIGUOUS(xa):
+    if code < 0 or ndim == 0 or not cnp.PyArray_IS_C_CONTIGUOUS(xa):
         return None
     cdef int64_t size = cnp.PyArray_SIZE(xa)
     cdef cnp.npy_intp *dims = cnp.PyArray_DIMS(xa)
@@ -307,13 +308,24 @@ def fast_backward(int mode, dy, x, mean, rstd, axis, weight):
         stat_dims[i] = dims[i] if i < start else 1
         if i >= start:
             n *= dims[i]
-    if not (is_exact(mean, dtype, ndim, stat_dims) and is_exact(rstd, dtype, ndim, stat_dims)
+    cdef cnp.dtype stat_dtype = _FLOAT64 if code == FLOAT64 else _FLOAT32
+    # half precision: a weight in x's dtype is read natively when that pays,
+    # else as a float32 copy, and the parameter gradients come back in its
+    # dtype, as in functional._backward
+    cdef bint storage = False
+    cdef bint half_weight = False
+    if (code == FLOAT16 or code == BFLOAT16) and weight is not None and is_exact(weight, dtype, pdim, dims + start):
+        half_weight = True
+        storage = native_half_params_pay(size, n)
+        if not storage:
+            weight = as_float32_copy(weight, dtype, pdim, dims + start)
+    if not (is_exact(mean, stat_dtype, ndim, stat_dims) and is_exact(rstd, stat_dtype, ndim, stat_dims)
             and rstd is not None and (mean is not None or mode == RMS_NORM)
-            and is_exact(weight, dtype, pdim, dims + start)):
+            and is_exact(weight, dtype if storage else stat_dtype, pdim, dims + start)):
         return None
     dx = empty_array(ndim, dims, dtype)
-    dweight = empty_array(pdim, dims + start, dtype)
-    dbias = empty_array(pdim, dims + start, dtype) if mode == LAYER_NORM else None
+    dweight = empty_array(pdim, dims + start, stat_dtype)
+    dbias = empty_array(pdim, dims + start, stat_dtype) if mode == LAYER_NORM else None
 
     cdef ln_backward_args args
     cdef int status
@@ -326,7 +338,7 @@ def fast_backward(int mode, dy, x, mean, rstd, axis, weight):
     args.mean = data_or_null(mean)
     args.rstd = data_or_null(rstd)
     args.weight = data_or_null(weight)
-    args.params_in_storage_type = 0
+    args.params_in_storage_type = storage
     args.dx = data_or_null(dx)
     args.dweight = data_or_null(dweight)
     args.dbias = data_or_null(dbias)
@@ -334,4 +346,7 @@ def fast_backward(int mode, dy, x, mean, rstd, axis, weight):
     with nogil:
         status = ln_backward(code, &args)
     check(status, "the backward kernel")
+    if half_weight:
+        dweight = dweight.astype(dtype)
+        dbias = None if dbias is None else dbias.astype(dtype)
     return (dx, dweight, dbias) if mode == LAYER_NORM else (dx, dweight)
