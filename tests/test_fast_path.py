@@ -22,7 +22,10 @@ def general_forward(mode, *args, **kwargs):
 
 @pytest.mark.parametrize("dtype", ALL_DTYPES)
 @pytest.mark.parametrize("shape, axis", [((8, 16), -1), ((20, 5, 10, 10), (-3, -2, -1)),
-                                         ((20, 5, 10, 10), (3, 1, 2)), ((7,), 0), ((300, 129), 1)])
+                                         ((20, 5, 10, 10), (3, 1, 2)), ((7,), 0), ((300, 129), 1),
+                                         # the strided layout: a block followed by other axes
+                                         ((4, 32, 7, 7), 1), ((4, 6, 5, 33), (2, 1)), ((300, 129), 0),
+                                         ((3, 1, 5, 2), (0, 1, 2)), ((2, 40, 4096), -2)])
 @pytest.mark.parametrize("with_params", [False, True])
 def test_taken_and_bitwise_equal_to_the_general_path(rng, dtype, shape, axis, with_params):
     x = random_array(rng, shape, dtype, offset=2.0)
@@ -83,20 +86,20 @@ def test_half_weights_copied_to_float32_on_the_fast_path(rng, dtype):
 
 @pytest.mark.parametrize("dtype", ALL_DTYPES)
 @pytest.mark.parametrize("weight_kind", ["none", "statistics dtype", "x's dtype"])
-@pytest.mark.parametrize("shape", [(20, 5, 10, 10), (256, 3, 256)])
+@pytest.mark.parametrize("shape, axes", [((20, 5, 10, 10), (1, 2, 3)), ((256, 3, 256), (1, 2)),
+                                         ((20, 5, 10, 10), (1,)), ((256, 3, 256), (1,))])
 @pytest.mark.parametrize("mode", [LN, RMS])
-def test_backward_taken_and_equal_to_the_general_path(rng, dtype, weight_kind, shape, mode):
-    """Half precision too, with a float32 weight or one in x's dtype (read
-    natively in the small call, as a float32 copy in the large one, whose
-    weight entries serve 256 rows each)."""
+def test_backward_taken_and_equal_to_the_general_path(rng, dtype, weight_kind, shape, axes, mode):
+    """Rows and the strided layout; half precision too, with a float32 weight
+    or one in x's dtype (read natively in the small calls, as a float32 copy
+    in the large ones, whose weight entries serve 256 or more rows each)."""
     from layernorm import functional
-    axes = (1, 2, 3) if len(shape) == 4 else (1, 2)
     x = random_array(rng, shape, dtype, offset=2.0)
     dy = random_array(rng, x.shape, dtype)
     weight = None
     if weight_kind != "none":
         wdtype = dtype if weight_kind == "x's dtype" else stats_dtype(dtype)
-        weight = random_params(rng, shape[1:], wdtype)[0]
+        weight = random_params(rng, tuple(shape[a] for a in axes), wdtype)[0]
     kept = None if weight is None else weight.copy()
     if mode == LN:
         _, mean, rstd = ln.layer_norm(x, axes, weight, return_stats=True)
@@ -126,7 +129,8 @@ DECLINED = {
     "axis tuple with huge item": dict(axis=(2 ** 70,)),
     "axis tuple with float": dict(axis=(1.0,)),
     "axis empty tuple": dict(axis=()),
-    "axis not trailing": dict(axis=0),
+    "axes not one block": dict(x=np.ones((2, 3, 4), np.float32), axis=(0, 2), weight=None),
+    "axes not one block, negative": dict(x=np.ones((2, 3, 4), np.float32), axis=(-1, -3), weight=None),
     "eps negative": dict(eps=-1.0),
     "eps nan": dict(eps=float("nan")),
     "eps inf": dict(eps=float("inf")),

@@ -2,8 +2,10 @@
 #
 # functional.py calls fast_forward / fast_backward first.  They take the
 # call only when every argument is already exactly what the kernel reads:
-# a C-contiguous ndarray of a kernel dtype normalized over trailing axes (axis
-# an int or a tuple of ints), weight/bias None or C-contiguous arrays of the
+# a C-contiguous ndarray of a kernel dtype normalized over one block of
+# adjacent axes (axis an int or a tuple of ints): trailing ones (the row
+# layout) or followed by others (the strided layout, the channel axis of
+# NCHW say), weight/bias None or C-contiguous arrays of the
 # parameter dtype and shape; out (and sum_out) None, x itself (the residual
 # itself), or writeable C-contiguous arrays that overlap no input.
 # Anything else returns None and the general (validating) path runs, which
@@ -74,10 +76,11 @@ cdef int kernel_code(cnp.dtype dtype):
     return -1
 
 
-cdef int trailing_start(object axis, int ndim):
-    """First axis of `axis` when it names trailing axes of an ndim array
-    (an int, or a tuple of ints in any order, without repeats), else -1."""
-    cdef Py_ssize_t a, count, lowest
+cdef int axes_block(object axis, int ndim, int *first):
+    """Last axis of `axis` when it names one block of adjacent axes of an
+    ndim array (an int, or a tuple of ints in any order, without repeats),
+    with its first axis in *first; else -1."""
+    cdef Py_ssize_t a, count, lowest, highest
     cdef uint64_t seen = 0
     if type(axis) is int:
         try:
@@ -86,13 +89,16 @@ cdef int trailing_start(object axis, int ndim):
             return -1
         if a < 0:
             a += ndim
-        return a if a == ndim - 1 else -1
+        if a < 0 or a >= ndim:
+            return -1
+        first[0] = a
+        return a
     if type(axis) is not tuple or ndim > 64:
         return -1
     count = len(<tuple>axis)
     if count == 0:
         return -1
-    lowest = ndim
+    lowest, highest = ndim, -1
     for item in <tuple>axis:
         if type(item) is not int:
             return -1
@@ -106,7 +112,11 @@ cdef int trailing_start(object axis, int ndim):
             return -1
         seen |= <uint64_t>1 << a
         lowest = a if a < lowest else lowest
-    return lowest if count == ndim - lowest else -1
+        highest = a if a > highest else highest
+    if count != highest - lowest + 1:
+        return -1
+    first[0] = lowest
+    return highest
 
 
 cdef object as_float32_copy(object param, cnp.dtype dtype, int ndim, cnp.npy_intp *dims):
@@ -197,15 +207,18 @@ def fast_forward(int mode, x, axis, weight, bias, eps, out, bint return_stats,
     cdef int64_t size = cnp.PyArray_SIZE(xa)
     if size == 0:
         return None
-    cdef int start = trailing_start(axis, ndim)
-    if start < 0:
+    cdef int start = 0
+    cdef int last = axes_block(axis, ndim, &start)
+    if last < 0:
         return None
     cdef cnp.npy_intp *dims = cnp.PyArray_DIMS(xa)
-    cdef int pdim = ndim - start
-    cdef int64_t n = 1
+    cdef int pdim = last - start + 1
+    cdef int64_t n = 1, inner = 1
     cdef int i
-    for i in range(start, ndim):
+    for i in range(start, last + 1):
         n *= dims[i]
+    for i in range(last + 1, ndim):
+        inner *= dims[i]
     cdef cnp.dtype stat_dtype = _FLOAT64 if code == FLOAT64 else _FLOAT32
     # half precision: weights in x's dtype are read natively when they pay
     cdef bint storage = False
@@ -247,7 +260,7 @@ def fast_forward(int mode, x, axis, weight, bias, eps, out, bint return_stats,
     cdef cnp.npy_intp stat_dims[64]
     if return_stats:
         for i in range(ndim):
-            stat_dims[i] = dims[i] if i < start else 1
+            stat_dims[i] = 1 if start <= i <= last else dims[i]
         rstd = empty_array(ndim, stat_dims, stat_dtype)
         if mode == LAYER_NORM:
             mean = empty_array(ndim, stat_dims, stat_dtype)
@@ -255,9 +268,9 @@ def fast_forward(int mode, x, axis, weight, bias, eps, out, bint return_stats,
     cdef ln_forward_args args
     cdef int status
     args.mode = mode
-    args.layout.outer = size // n
+    args.layout.outer = size // (n * inner)
     args.layout.reduce = n
-    args.layout.inner = 1
+    args.layout.inner = inner
     args.x = cnp.PyArray_DATA(xa)
     args.residual = data_or_null(residual)
     args.sum_out = data_or_null(s)
@@ -281,7 +294,8 @@ def fast_forward(int mode, x, axis, weight, bias, eps, out, bint return_stats,
 
 def fast_backward(int mode, dy, x, mean, rstd, axis, weight):
     """layer_norm_backward / rms_norm_backward for the common call:
-    C-contiguous dy and x of one kernel dtype and shape over trailing axes,
+    C-contiguous dy and x of one kernel dtype and shape over one block of
+    adjacent axes,
     statistics of the exact shape in the statistics dtype (float32, float64
     for float64 x), weight of the exact shape in that dtype or (half
     precision) in x's.  None when the general path must run."""
@@ -297,17 +311,20 @@ def fast_backward(int mode, dy, x, mean, rstd, axis, weight):
     cdef cnp.npy_intp *dims = cnp.PyArray_DIMS(xa)
     if size == 0 or not is_exact(dy, dtype, ndim, dims):
         return None
-    cdef int start = trailing_start(axis, ndim)
-    if start < 0:
+    cdef int start = 0
+    cdef int last = axes_block(axis, ndim, &start)
+    if last < 0:
         return None
-    cdef int pdim = ndim - start
-    cdef int64_t n = 1
+    cdef int pdim = last - start + 1
+    cdef int64_t n = 1, inner = 1
     cdef cnp.npy_intp stat_dims[64]
     cdef int i
     for i in range(ndim):
-        stat_dims[i] = dims[i] if i < start else 1
-        if i >= start:
+        stat_dims[i] = 1 if start <= i <= last else dims[i]
+        if start <= i <= last:
             n *= dims[i]
+        elif i > last:
+            inner *= dims[i]
     cdef cnp.dtype stat_dtype = _FLOAT64 if code == FLOAT64 else _FLOAT32
     # half precision: a weight in x's dtype is read natively when that pays,
     # else as a float32 copy, and the parameter gradients come back in its
@@ -330,9 +347,9 @@ def fast_backward(int mode, dy, x, mean, rstd, axis, weight):
     cdef ln_backward_args args
     cdef int status
     args.mode = mode
-    args.layout.outer = size // n
+    args.layout.outer = size // (n * inner)
     args.layout.reduce = n
-    args.layout.inner = 1
+    args.layout.inner = inner
     args.dy = data_or_null(dy)
     args.x = cnp.PyArray_DATA(xa)
     args.mean = data_or_null(mean)

@@ -3,8 +3,8 @@ backward, with the fused residual add.
 
 Each function validates every argument first (nothing is written before
 that), maps the axes onto the kernels' layout (see ``_axes``) and calls one
-C kernel with the GIL released.  The common call (contiguous, trailing
-axes, arguments already of the kernel's dtypes) is checked and run in C
+C kernel with the GIL released.  The common call (contiguous, one block of
+adjacent axes, arguments already of the kernel's dtypes) is checked and run in C
 first, by ``_kernels.fast_forward``/``fast_backward``.  float16/bfloat16 are
 computed in float32; statistics are float32, or float64 for float64 input.
 """
