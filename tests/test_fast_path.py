@@ -113,6 +113,7 @@ def test_backward_taken_and_equal_to_the_general_path(rng, dtype, weight_kind, s
         assert a.dtype == b.dtype and a.shape == b.shape and a.tobytes() == b.tobytes()
     if weight is not None:
         assert fast[1].dtype == weight.dtype and weight.tobytes() == kept.tobytes()
+        assert np.array_equal(weight, kept)
 
 
 X = np.arange(12, dtype=np.float32).reshape(3, 4)
@@ -124,7 +125,7 @@ DECLINED = {
     "axis beyond ndim": dict(axis=5),
     "axis bool": dict(axis=True),
     "axis numpy int": dict(axis=np.int64(-1)),
-    "axis list": dict(axis=[-1]),
+    "axis list with a float": dict(axis=[1.0]),
     "axis repeated": dict(axis=(1, 1)),
     "axis tuple with huge item": dict(axis=(2 ** 70,)),
     "axis tuple with float": dict(axis=(1.0,)),
@@ -134,14 +135,15 @@ DECLINED = {
     "eps negative": dict(eps=-1.0),
     "eps nan": dict(eps=float("nan")),
     "eps inf": dict(eps=float("inf")),
-    "eps int": dict(eps=0),
-    "eps numpy float": dict(eps=np.float64(1e-5)),
+    "eps bool": dict(eps=True),
+    "eps numpy nan": dict(eps=np.float32("nan")),
+    "eps string": dict(eps="1e-5"),
     "eps None (layer norm)": dict(eps=None),
     "weight wrong shape": dict(weight=np.ones(3, np.float32)),
-    "weight wrong dtype": dict(weight=np.ones(4, np.float64)),
+    "weight integer": dict(weight=np.ones(4, np.int64)),
+    "weight complex": dict(weight=np.ones(4, np.complex64)),
+    "weight float64 of the wrong shape": dict(weight=np.ones(3, np.float64)),
     "weight a list": dict(weight=[1.0] * 4),
-    "weight strided": dict(weight=np.ones(8, np.float32)[::2]),
-    "weight byte-swapped": dict(weight=np.ones(4, ">f4")),
     "out wrong dtype": dict(out=np.empty((3, 4), np.float64)),
     "out overlaps weight": dict(out="overlaps weight"),
     "out read-only": dict(out="read-only"),
@@ -179,9 +181,9 @@ def test_declines_backward_without_raising():
     _, mean, rstd = ln.layer_norm(X, return_stats=True)
     for dy, m, r, axis, w in [(X, mean, rstd, 2 ** 70, None), (X, None, rstd, -1, None),
                               (X, mean, None, -1, None), (X, mean[:2], rstd, -1, None),
-                              (X, mean, rstd, -1, np.ones(4)), (X.astype(np.float64), mean, rstd, -1, None),
+                              (X, mean, rstd, -1, np.ones(4, np.int32)), (X.astype(np.float64), mean, rstd, -1, None),
                               (X.astype(np.float16), mean, rstd, -1, None), (X.T, mean, rstd, -1, None),
-                              (X, mean.astype(np.float64), rstd, -1, None), (X, mean, rstd, -1, np.ones(4, np.float16))]:
+                              (X, mean.astype(np.float64), rstd, -1, None), (X, mean, rstd, -1, np.ones(3))]:
         assert _kernels.fast_backward(LN, dy, X, m, r, axis, w) is None
 
 
@@ -214,3 +216,32 @@ def test_fused_add_with_given_outputs(rng):
     # outputs that alias an input or each other go to the general path
     for out, sum_out in [(r, None), (None, x), (y, y), (x, None)]:
         assert _kernels.fast_forward(LN, x, -1, w, b, 1e-5, out, False, r, sum_out) is None
+
+
+@pytest.mark.parametrize("dtype", ALL_DTYPES)
+def test_other_float_params_eps_types_and_axis_lists_taken(rng, dtype):
+    """float64 weights with float32 x (numpy.ones' default dtype), numpy or
+    int eps and an axis list are what the general path converts exactly; the
+    fast path takes them with the same bits, and the backward returns the
+    parameter gradients in the weight's dtype."""
+    from layernorm import functional
+    x = random_array(rng, (6, 5, 32), dtype, offset=1.0)
+    for wdtype in (np.float64, np.float32, np.float16, ">f4", "strided"):
+        weight, bias = random_params(rng, (64,) if wdtype == "strided" else (32,), FLOAT64)
+        weight, bias = (p[::2] if wdtype == "strided" else p.astype(wdtype) for p in (weight, bias))
+        kept = weight.copy()
+        for axis, eps in [(-1, 1e-5), ([2], np.float32(1e-5)), ((-1,), np.float64(1e-5)), (-1, 0)]:
+            fast = _kernels.fast_forward(LN, x, axis, weight, bias, eps, None, True)
+            assert fast is not None, f"declined weight {np.dtype(wdtype)}, axis {axis!r}, eps {eps!r}"
+            slow = general_forward(LN, x, axis, weight, bias, eps, None, True)
+            for a, b in zip(fast, slow):
+                assert a.dtype == b.dtype and a.tobytes() == b.tobytes()
+        _, mean, rstd = fast
+        dy = random_array(rng, x.shape, dtype)
+        fast = _kernels.fast_backward(LN, dy, x, mean, rstd, [2], weight)
+        assert fast is not None
+        slow = functional._backward(LN, dy, x, mean, rstd, -1, weight)
+        for a, b in zip(fast, slow):
+            assert a.dtype == b.dtype and a.tobytes() == b.tobytes()
+        assert fast[1].dtype == weight.dtype and weight.tobytes() == kept.tobytes()
+        assert np.array_equal(weight, kept)

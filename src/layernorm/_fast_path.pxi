@@ -78,7 +78,8 @@ cdef int kernel_code(cnp.dtype dtype):
 
 cdef int axes_block(object axis, int ndim, int *first):
     """Last axis of `axis` when it names one block of adjacent axes of an
-    ndim array (an int, or a tuple of ints in any order, without repeats),
+    ndim array (an int, or a tuple or list of ints in any order, without
+    repeats),
     with its first axis in *first; else -1."""
     cdef Py_ssize_t a, count, lowest, highest
     cdef uint64_t seen = 0
@@ -93,6 +94,8 @@ cdef int axes_block(object axis, int ndim, int *first):
             return -1
         first[0] = a
         return a
+    if type(axis) is list:
+        axis = tuple(axis)
     if type(axis) is not tuple or ndim > 64:
         return -1
     count = len(<tuple>axis)
@@ -119,12 +122,24 @@ cdef int axes_block(object axis, int ndim, int *first):
     return highest
 
 
-cdef object as_float32_copy(object param, cnp.dtype dtype, int ndim, cnp.npy_intp *dims):
-    """A half-precision weight/bias of exactly dtype and shape as float32, or
-    param unchanged (for is_exact to judge)."""
-    if param is None or not is_exact(param, dtype, ndim, dims):
+cdef object as_kernel_param(object param, cnp.dtype target, int ndim, cnp.npy_intp *dims):
+    """weight/bias of exactly the normalized shape in another floating dtype
+    (float64 weights with float32 x, say, or half-precision ones read as
+    float32) converted to `target`, as functional's as_parameter converts
+    them; anything else unchanged, for is_exact to judge."""
+    if type(param) is not cnp.ndarray or is_exact(param, target, ndim, dims):
         return param
-    return (<cnp.ndarray>param).astype(_FLOAT32)
+    cdef cnp.ndarray p = <cnp.ndarray>param
+    if cnp.PyArray_NDIM(p) != ndim:
+        return param
+    cdef int i
+    for i in range(ndim):
+        if cnp.PyArray_DIMS(p)[i] != dims[i]:
+            return param
+    cdef cnp.dtype own = p.descr
+    if own.kind != b"f" and kernel_code(own) != BFLOAT16:
+        return param
+    return p.astype(target, order="C")
 
 
 cdef inline bint is_exact(object array, cnp.dtype dtype, int ndim, cnp.npy_intp *dims):
@@ -200,6 +215,8 @@ def fast_forward(int mode, x, axis, weight, bias, eps, out, bint return_stats,
         e = DBL_EPSILON if code == FLOAT64 else FLT_EPSILON
     elif type(eps) is float:
         e = eps
+    elif type(eps) is int or isinstance(eps, (np.floating, np.integer)):
+        e = float(eps)    # check_eps's conversion (a bool is neither)
     else:
         return None
     if not (0.0 <= e < INFINITY):
@@ -227,13 +244,13 @@ def fast_forward(int mode, x, axis, weight, bias, eps, out, bint return_stats,
         storage = (given is not None and is_exact(weight, dtype, pdim, dims + start)
                    and is_exact(bias, dtype, pdim, dims + start)
                    and native_half_params_pay(size, n))
-        if not storage:
-            # the float32 copies the general path would make (exact), here
-            # rather than through it: (4096, 768) float16 with float16
-            # weight and bias took 1.08x the time of float32 ones that way
-            weight = as_float32_copy(weight, dtype, pdim, dims + start)
-            bias = as_float32_copy(bias, dtype, pdim, dims + start)
     cdef cnp.dtype param_dtype = dtype if storage else stat_dtype
+    # the copies the general path would make (exact), here rather than
+    # through it: (4096, 768) float16 with float16 weight and bias took 1.08x
+    # the time of float32 ones that way; (8, 16) float32 with float64 ones
+    # 6.7 us a call against 0.6 us
+    weight = as_kernel_param(weight, param_dtype, pdim, dims + start)
+    bias = as_kernel_param(bias, param_dtype, pdim, dims + start)
     if not (is_exact(weight, param_dtype, pdim, dims + start) and is_exact(bias, param_dtype, pdim, dims + start)):
         return None
     s = None
@@ -326,16 +343,18 @@ def fast_backward(int mode, dy, x, mean, rstd, axis, weight):
         elif i > last:
             inner *= dims[i]
     cdef cnp.dtype stat_dtype = _FLOAT64 if code == FLOAT64 else _FLOAT32
-    # half precision: a weight in x's dtype is read natively when that pays,
-    # else as a float32 copy, and the parameter gradients come back in its
-    # dtype, as in functional._backward
+    # half precision: a weight in x's dtype is read natively when that pays;
+    # any other floating weight goes in as a copy in the statistics dtype.
+    # The parameter gradients come back in the weight's dtype, as in
+    # functional._backward.
     cdef bint storage = False
-    cdef bint half_weight = False
+    cdef cnp.dtype gradient_dtype = stat_dtype
+    if type(weight) is cnp.ndarray and ((<cnp.ndarray>weight).descr.kind == b"f"
+                                        or kernel_code((<cnp.ndarray>weight).descr) == BFLOAT16):
+        gradient_dtype = (<cnp.ndarray>weight).descr
     if (code == FLOAT16 or code == BFLOAT16) and weight is not None and is_exact(weight, dtype, pdim, dims + start):
-        half_weight = True
         storage = native_half_params_pay(size, n)
-        if not storage:
-            weight = as_float32_copy(weight, dtype, pdim, dims + start)
+    weight = as_kernel_param(weight, dtype if storage else stat_dtype, pdim, dims + start)
     if not (is_exact(mean, stat_dtype, ndim, stat_dims) and is_exact(rstd, stat_dtype, ndim, stat_dims)
             and rstd is not None and (mean is not None or mode == RMS_NORM)
             and is_exact(weight, dtype if storage else stat_dtype, pdim, dims + start)):
@@ -363,7 +382,7 @@ def fast_backward(int mode, dy, x, mean, rstd, axis, weight):
     with nogil:
         status = ln_backward(code, &args)
     check(status, "the backward kernel")
-    if half_weight:
-        dweight = dweight.astype(dtype)
-        dbias = None if dbias is None else dbias.astype(dtype)
+    if not (gradient_dtype is stat_dtype or cnp.PyArray_EquivTypes(gradient_dtype, stat_dtype)):
+        dweight = dweight.astype(gradient_dtype)
+        dbias = None if dbias is None else dbias.astype(gradient_dtype)
     return (dx, dweight, dbias) if mode == LAYER_NORM else (dx, dweight)
