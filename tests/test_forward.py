@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 
 import layernorm as ln
-from conftest import (ALL_DTYPES, FLOAT32, FLOAT64, LAYOUTS, assert_close, axis_sets, check_layer_norm,
+from conftest import (ALL_DTYPES, BFLOAT16, FLOAT32, FLOAT64, LAYOUTS, assert_close, axis_sets, check_layer_norm,
                       empty_off_a_line, in_layout, keepdims_shape, negative_form, param_shape, random_array,
                       random_params, ref, shape_axis_cases, stats_dtype, use_threads)
 
@@ -287,6 +287,23 @@ def test_sums_of_squares_beyond_float32(simd, rng, shape, axis):
     with use_threads(2):
         assert_close(ln.layer_norm(x, axis, eps=0.0), ref.layer_norm(x, axis, eps=0.0)[0], tol=2e-6)
         assert_close(ln.rms_norm(x, axis, eps=0.0), ref.rms_norm(x, axis, eps=0.0)[0], tol=2e-6)
+
+
+@pytest.mark.parametrize("cols", [3, 7, 15, 17, 30, 100, 1000])
+@pytest.mark.parametrize("dtype", [FLOAT32] + ([BFLOAT16] if BFLOAT16 is not None else []))
+def test_a_huge_value_anywhere_in_a_short_row(simd, dtype, cols):
+    """A value whose square overflows float32 (1e20), at the row's start, in
+    its whole vectors or among the elements after them (which the SIMD
+    levels sum apart), takes the float64 sums: not rstd 0 and y 0."""
+    for at in sorted({0, cols // 2, cols - 1}):
+        x = np.ones((2, cols), np.float64)
+        x[:, ::2] = -1
+        x[:, at] = 1e20
+        x = x.astype(dtype)
+        for y, want in [(ln.layer_norm(x, eps=0.0), ref.layer_norm(x, eps=0.0)[0]),
+                        (ln.rms_norm(x, eps=0.0), ref.rms_norm(x, eps=0.0)[0]),
+                        (ln.add_layer_norm(x, np.zeros_like(x), eps=0.0)[0], ref.layer_norm(x, eps=0.0)[0])]:
+            assert_close(y.astype(np.float64), want, tol=2e-6 if dtype == FLOAT32 else 1e-2, what=f"at {at}")
 
 
 def test_non_finite_values_propagate(simd):

@@ -300,8 +300,11 @@ static inline __attribute__((always_inline)) void short_rows_statistics(const ln
     if (rms) {
         for (int64_t g = 0; g < count; g++) {
             const row_data src = LN_ROW_SRC(g);
-            stats[g] = (ln_moments){(double)cols, 0, (double)sums[g] + (double)tail_squares(src.data, src.addend, cols)};
-            if (!isfinite(sums[g])) stats[g] = float64_statistics(src.data, src.addend, cols, 1, 0, 1);
+            /* the tail's own float32 sum may overflow too (a value of 1e20 in
+             * the tail gave rrms 0 and y 0): test it as well */
+            const C tail = tail_squares(src.data, src.addend, cols);
+            stats[g] = (ln_moments){(double)cols, 0, (double)sums[g] + (double)tail};
+            if (!isfinite(sums[g]) || !isfinite(tail)) stats[g] = float64_statistics(src.data, src.addend, cols, 1, 0, 1);
         }
         return;
     }
@@ -317,9 +320,12 @@ static inline __attribute__((always_inline)) void short_rows_statistics(const ln
     for (int64_t h = 0; h < folded; h += 8) lanes_sum_8(partial + h, sums + h);
     for (int64_t g = 0; g < count; g++) {
         const row_data src = LN_ROW_SRC(g);
-        const double m2 = (double)sums[g] + (double)tail_squared_deviations(src.data, src.addend, cols, shift[g], mean[g]);
+        const C tail = tail_squared_deviations(src.data, src.addend, cols, shift[g], mean[g]);
+        const double m2 = (double)sums[g] + (double)tail;
         stats[g] = (ln_moments){(double)cols, mean[g], m2};
-        if (!isfinite(sums[g]) || !isfinite(mean[g])) stats[g] = float64_statistics(src.data, src.addend, cols, 1, shift[g], 0);
+        /* the tail's own float32 sum may overflow too: test it as well */
+        if (!isfinite(sums[g]) || !isfinite(tail) || !isfinite(mean[g]))
+            stats[g] = float64_statistics(src.data, src.addend, cols, 1, shift[g], 0);
     }
 #undef LN_ROW_SRC
 }
