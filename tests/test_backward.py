@@ -190,6 +190,21 @@ def test_dy_dtype_mismatch_is_a_type_error(case, dtype):
         ln.layer_norm_backward(**case)
 
 
+@pytest.mark.parametrize("name", ["dy", "x", "rstd"])
+def test_missing_arrays_are_type_errors_naming_them(case, name):
+    """None for an array the backward needs: a TypeError that names it (dy
+    was turned into a NaN scalar and reported as of the wrong shape)."""
+    case[name] = None
+    with pytest.raises(TypeError, match=rf"^{name}\b"):
+        ln.layer_norm_backward(**case)
+    args = dict(case, rrms=case["rstd"])
+    del args["mean"], args["rstd"]
+    if name == "rstd":
+        args["rrms"] = None
+    with pytest.raises(TypeError, match=rf"^{'rrms' if name == 'rstd' else name}\b"):
+        ln.rms_norm_backward(**args)
+
+
 @pytest.mark.parametrize("name", ["dy", "x", "mean", "rstd", "weight"])
 def test_complex_arguments_are_type_errors(case, name):
     case[name] = np.asarray(case[name]).astype(np.complex64)

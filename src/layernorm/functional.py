@@ -57,6 +57,8 @@ def _forward_result(mode, y, s, mean, rstd, fused_add, return_stats):
 
 def _as_companion(array, name, dtype, shape, reference="x"):
     """An input that must match x's (kernel) dtype and shape: dy, residual."""
+    if array is None:     # numpy.asarray would make it a NaN scalar
+        raise TypeError(f"{name} must be an array, got None")
     if isinstance(array, np.ndarray) and kernel_dtype(array.dtype, name) != dtype:
         raise TypeError(f"{name} has dtype {array.dtype} but {reference} has {dtype}; they must agree")
     converted = as_input(array, name, dtype)
