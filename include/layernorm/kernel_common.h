@@ -762,6 +762,85 @@ static inline __attribute__((always_inline)) C load1_or_sum(const E *x, const E 
     return LOAD1(&stored);
 }
 
+/* A row's last n % VL elements as one vector (LN_MASKED_TAILS): masked
+ * loads (the other lanes 0) and masked stores, in the registers, so that
+ * they get the vector arithmetic without a scalar loop.  Masked-off elements
+ * are neither read nor written (no access past the row's end can fault).
+ * AVX-512 only: elsewhere the tails stay scalar. */
+#if LN_VECTOR_BYTES == 64 && defined(__AVX512BW__) && defined(__AVX512F__) && defined(__AVX512VL__)
+#define LN_MASKED_TAILS 1
+static inline __attribute__((always_inline)) unsigned ln_lanes_below(int64_t count)
+{
+    return ((unsigned)1 << count) - 1;
+}
+/* the `count` (< VL) elements at p */
+static inline __attribute__((always_inline)) V LOADV_TAIL(const E *p, int64_t count)
+{
+#if LN_DT == LN_DT_FLOAT32
+    return (V)_mm512_maskz_loadu_ps((__mmask16)ln_lanes_below(count), p);
+#elif LN_DT == LN_DT_FLOAT64
+    return (V)_mm512_maskz_loadu_pd((__mmask8)ln_lanes_below(count), p);
+#elif LN_DT == LN_DT_FLOAT16
+    return (V)_mm512_cvtph_ps(_mm256_maskz_loadu_epi16((__mmask16)ln_lanes_below(count), p));
+#else
+    const __m512i wide = _mm512_cvtepu16_epi32(_mm256_maskz_loadu_epi16((__mmask16)ln_lanes_below(count), p));
+    return (V)_mm512_castsi512_ps(_mm512_slli_epi32(wide, 16));
+#endif
+}
+static inline __attribute__((always_inline)) void STOREV_TAIL(E *p, V v, int64_t count)
+{
+#if LN_DT == LN_DT_FLOAT32
+    _mm512_mask_storeu_ps(p, (__mmask16)ln_lanes_below(count), (__m512)v);
+#elif LN_DT == LN_DT_FLOAT64
+    _mm512_mask_storeu_pd(p, (__mmask8)ln_lanes_below(count), (__m512d)v);
+#else
+    _mm256_mask_storeu_epi16(p, (__mmask16)ln_lanes_below(count), NARROWV(v));
+#endif
+}
+static inline __attribute__((always_inline)) V vload_c_tail(const C *p, int64_t count)
+{
+#if LN_DT == LN_DT_FLOAT64
+    return (V)_mm512_maskz_loadu_pd((__mmask8)ln_lanes_below(count), p);
+#else
+    return (V)_mm512_maskz_loadu_ps((__mmask16)ln_lanes_below(count), p);
+#endif
+}
+/* acc with its lanes below `count` replaced by those of v */
+static inline __attribute__((always_inline)) V ln_blend_lanes_below(V acc, V v, int64_t count)
+{
+#if LN_DT == LN_DT_FLOAT64
+    return (V)_mm512_mask_mov_pd((__m512d)acc, (__mmask8)ln_lanes_below(count), (__m512d)v);
+#else
+    return (V)_mm512_mask_mov_ps((__m512)acc, (__mmask16)ln_lanes_below(count), (__m512)v);
+#endif
+}
+/* param_v and load_or_sum of the `count` (< VL) elements at i */
+static inline __attribute__((always_inline)) V param_v_tail(const void *p, int storage, int64_t i, int64_t count)
+{
+    return storage ? LOADV_TAIL((const E *)p + i, count) : vload_c_tail((const C *)p + i, count);
+}
+static inline __attribute__((always_inline)) V load_tail_or_sum(const E *x, const E *addend, int64_t i, int64_t count)
+{
+    if (!addend) return LOADV_TAIL(x + i, count);
+#if LN_DT == LN_DT_FLOAT32 || LN_DT == LN_DT_FLOAT64
+    return LOADV_TAIL(x + i, count) + LOADV_TAIL(addend + i, count);
+#else
+    E stored[VL];
+    STOREV(stored, LOADV_TAIL(x + i, count) + LOADV_TAIL(addend + i, count));
+    return LOADV(stored);
+#endif
+}
+#else
+#define LN_MASKED_TAILS 0
+#endif
+/* Where the scalar loops over a span's last elements start: after the whole
+ * vectors, or (LN_MASKED_TAILS) nowhere, the vector code having taken them. */
+#if LN_MASKED_TAILS
+#define LN_TAIL_START(n) (n)
+#else
+#define LN_TAIL_START(n) ((n) / VL * VL)
+#endif
+
 /* Rows handled together when each row holds `cols` elements and a group
  * should hold at most `budget` elements (at least one row, at most `most`). */
 static inline int64_t ln_rows_per_group(int64_t budget, int64_t cols, int64_t most)

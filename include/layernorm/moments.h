@@ -129,8 +129,20 @@ _Static_assert(LN_ACCUMULATORS == 4, "LN_PARTIAL_SUMS has four accumulators");
         if (v_ < vectors_) acc0_ = ACCUMULATE(acc0_, LOAD(v_ * VL));                 \
         if (v_ + 1 < vectors_) acc1_ = ACCUMULATE(acc1_, LOAD((v_ + 1) * VL));       \
         if (v_ + 2 < vectors_) acc2_ = ACCUMULATE(acc2_, LOAD((v_ + 2) * VL));       \
+        LN_ACCUMULATE_TAIL(acc3_, vectors_ * VL, (n) - vectors_ * VL, ACCUMULATE);   \
         return (acc0_ + acc2_) + (acc1_ + acc3_);                                    \
     } while (0)
+/* The elements after the whole vectors: one masked vector into acc3 (see
+ * LN_MASKED_TAILS; the tail_* sums below are then 0), or left to those sums. */
+#if LN_MASKED_TAILS
+#define LN_ACCUMULATE_TAIL(acc, i, count, ACCUMULATE)                                               \
+    do {                                                                                            \
+        if ((count) > 0)                                                                            \
+            (acc) = ln_blend_lanes_below((acc), ACCUMULATE((acc), load_tail_or_sum(x, addend, (i), (count))), (count)); \
+    } while (0)
+#else
+#define LN_ACCUMULATE_TAIL(acc, i, count, ACCUMULATE) do { } while (0)
+#endif
 
 #define LN_ADD_SHIFTED(acc, v) ((acc) + ln_add_on_fma((v), vshift_neg, vone))
 #define LN_ADD_SQUARED_DEVIATION(acc, v) ({ const V deviation_ = ln_add_on_fma((v), vshift_neg, vone) - vmean; vmuladd(deviation_, deviation_, acc); })
@@ -162,17 +174,18 @@ static inline __attribute__((always_inline)) V partial_squares(const E *x, const
 #undef LN_ADD_SQUARE
 #undef LN_LOAD_DATA
 
-/* The same three sums over the elements after the whole vectors, in C. */
+/* The same three sums over the elements after the whole vectors, in C
+ * (none with LN_MASKED_TAILS: the vector sums took them). */
 static inline C tail_shifted_sum(const E *x, const E *addend, int64_t n, C shift)
 {
     C sum = 0;
-    for (int64_t i = n / VL * VL; i < n; i++) sum += load1_or_sum(x, addend, i) - shift;
+    for (int64_t i = LN_TAIL_START(n); i < n; i++) sum += load1_or_sum(x, addend, i) - shift;
     return sum;
 }
 static inline C tail_squared_deviations(const E *x, const E *addend, int64_t n, C shift, C mean)
 {
     C sum = 0;
-    for (int64_t i = n / VL * VL; i < n; i++) {
+    for (int64_t i = LN_TAIL_START(n); i < n; i++) {
         const C d = (load1_or_sum(x, addend, i) - shift) - mean;
         sum += d * d;
     }
@@ -181,7 +194,7 @@ static inline C tail_squared_deviations(const E *x, const E *addend, int64_t n, 
 static inline C tail_squares(const E *x, const E *addend, int64_t n)
 {
     C sum = 0;
-    for (int64_t i = n / VL * VL; i < n; i++) {
+    for (int64_t i = LN_TAIL_START(n); i < n; i++) {
         const C v = load1_or_sum(x, addend, i);
         sum += v * v;
     }

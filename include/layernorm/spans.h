@@ -55,6 +55,22 @@ static inline __attribute__((always_inline)) V normalized_v(const E *x, const E 
     return centred * vscale;
 }
 
+#if LN_MASKED_TAILS
+/* normalized_v of the last `count` (< VL) elements at i (see LN_MASKED_TAILS):
+ * the same arithmetic. */
+static inline __attribute__((always_inline)) V normalized_tail_v(const E *x, const E *addend, int64_t i, int64_t count,
+                                                                 V vhi, V vlo, V vscale, const void *weight,
+                                                                 const void *bias, int storage)
+{
+    const V centred = (load_tail_or_sum(x, addend, i, count) - vhi) - vlo;
+    if (weight && bias)
+        return vmuladd(centred * vscale, param_v_tail(weight, storage, i, count), param_v_tail(bias, storage, i, count));
+    if (weight) return centred * vscale * param_v_tail(weight, storage, i, count);
+    if (bias) return vmuladd(centred, vscale, param_v_tail(bias, storage, i, count));
+    return centred * vscale;
+}
+#endif
+
 static inline __attribute__((always_inline)) void normalize_span(const E *x, const E *addend, E *y, int64_t n, C hi, C lo, C scale,
                                   const void *weight, const void *bias, int storage, int stream)
 {
@@ -77,6 +93,12 @@ static inline __attribute__((always_inline)) void normalize_span(const E *x, con
     else
         for (; i + VL <= n; i += VL) STOREV(y + i, LN_NORMALIZED(NULL, NULL));
 #undef LN_NORMALIZED
+#if LN_MASKED_TAILS
+    if (i < n) {
+        STOREV_TAIL(y + i, normalized_tail_v(x, addend, i, n - i, vhi, vlo, vscale, weight, bias, storage), n - i);
+        return;
+    }
+#endif
     for (; i < n; i++) {
         C v = ((load1_or_sum(x, addend, i) - hi) - lo) * scale;
         if (weight) v *= param_1(weight, storage, i);

@@ -88,11 +88,22 @@ static inline row_sums block_sums(const E *x, const E *dy, const void *weight, i
     if (left > 1) LN_SUM_STEP(sg1, sgx1, done + VL);
     if (left > 2) LN_SUM_STEP(sg2, sgx2, done + 2 * VL);
 #undef LN_SUM_STEP
+#if LN_MASKED_TAILS
+    /* the elements after the whole vectors: one masked vector into sg3/sgx3 */
+    const int64_t tail_at = n / VL * VL, tail = n - tail_at;
+    if (tail > 0) {
+        const V d_ = LOADV_TAIL(dy + tail_at, tail);
+        const V g_ = weight ? d_ * param_v_tail(weight, storage, tail_at, tail) : d_;
+        const V xhat_ = (LOADV_TAIL(x + tail_at, tail) - vmean) * vrstd;
+        sg3 = ln_blend_lanes_below(sg3, sg3 + g_, tail);
+        sgx3 = ln_blend_lanes_below(sgx3, vmuladd(g_, xhat_, sgx3), tail);
+    }
+#endif
     /* pairwise, as the arrays were: (0 + 2) + (1 + 3) */
     sg0 += sg2, sg1 += sg3, sgx0 += sgx2, sgx1 += sgx3;
     sg0 += sg1, sgx0 += sgx1;
     C tail_g = 0, tail_gx = 0;
-    for (int64_t i = n / VL * VL; i < n; i++) {
+    for (int64_t i = LN_TAIL_START(n); i < n; i++) {
         const C g = weight ? LOAD1(dy + i) * param_1(weight, storage, i) : LOAD1(dy + i);
         tail_g += g;
         tail_gx = smuladd(g, (LOAD1(x + i) - mean) * rstd, tail_gx);
