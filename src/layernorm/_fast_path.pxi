@@ -79,8 +79,7 @@ cdef int kernel_code(cnp.dtype dtype):
 cdef int axes_block(object axis, int ndim, int *first):
     """Last axis of `axis` when it names one block of adjacent axes of an
     ndim array (an int, or a tuple or list of ints in any order, without
-    repeats),
-    with its first axis in *first; else -1."""
+    repeats), with its first axis in *first; else -1."""
     cdef Py_ssize_t a, count, lowest, highest
     cdef uint64_t seen = 0
     if type(axis) is int:
