@@ -766,7 +766,8 @@ static inline __attribute__((always_inline)) C load1_or_sum(const E *x, const E 
  * loads (the other lanes 0) and masked stores, in the registers, so that
  * they get the vector arithmetic without a scalar loop.  Masked-off elements
  * are neither read nor written (no access past the row's end can fault).
- * AVX-512 only: elsewhere the tails stay scalar. */
+ * AVX-512 for every dtype, AVX2 for float32 and float64; elsewhere the tails
+ * stay scalar. */
 #if LN_VECTOR_BYTES == 64 && defined(__AVX512BW__) && defined(__AVX512F__) && defined(__AVX512VL__)
 #define LN_MASKED_TAILS 1
 static inline __attribute__((always_inline)) unsigned ln_lanes_below(int64_t count)
@@ -829,6 +830,55 @@ static inline __attribute__((always_inline)) V load_tail_or_sum(const E *x, cons
     STOREV(stored, LOADV_TAIL(x + i, count) + LOADV_TAIL(addend + i, count));
     return LOADV(stored);
 #endif
+}
+#elif LN_VECTOR_BYTES == 32 && defined(__AVX2__) && (LN_DT == LN_DT_FLOAT32 || LN_DT == LN_DT_FLOAT64)
+/* AVX2 has masked loads and stores of 32- and 64-bit lanes only: float32
+ * and float64 (x, weight and bias all of the compute type). */
+#define LN_MASKED_TAILS 1
+#if LN_DT == LN_DT_FLOAT32
+static inline __attribute__((always_inline)) __m256i ln_lane_mask(int64_t count)
+{
+    return _mm256_cmpgt_epi32(_mm256_set1_epi32((int)count), _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7));
+}
+static inline __attribute__((always_inline)) V LOADV_TAIL(const E *p, int64_t count)
+{
+    return (V)_mm256_maskload_ps(p, ln_lane_mask(count));
+}
+static inline __attribute__((always_inline)) void STOREV_TAIL(E *p, V v, int64_t count)
+{
+    _mm256_maskstore_ps(p, ln_lane_mask(count), (__m256)v);
+}
+static inline __attribute__((always_inline)) V ln_blend_lanes_below(V acc, V v, int64_t count)
+{
+    return (V)_mm256_blendv_ps((__m256)acc, (__m256)v, _mm256_castsi256_ps(ln_lane_mask(count)));
+}
+#else
+static inline __attribute__((always_inline)) __m256i ln_lane_mask(int64_t count)
+{
+    return _mm256_cmpgt_epi64(_mm256_set1_epi64x(count), _mm256_setr_epi64x(0, 1, 2, 3));
+}
+static inline __attribute__((always_inline)) V LOADV_TAIL(const E *p, int64_t count)
+{
+    return (V)_mm256_maskload_pd(p, ln_lane_mask(count));
+}
+static inline __attribute__((always_inline)) void STOREV_TAIL(E *p, V v, int64_t count)
+{
+    _mm256_maskstore_pd(p, ln_lane_mask(count), (__m256d)v);
+}
+static inline __attribute__((always_inline)) V ln_blend_lanes_below(V acc, V v, int64_t count)
+{
+    return (V)_mm256_blendv_pd((__m256d)acc, (__m256d)v, _mm256_castsi256_pd(ln_lane_mask(count)));
+}
+#endif
+static inline __attribute__((always_inline)) V param_v_tail(const void *p, int storage, int64_t i, int64_t count)
+{
+    (void)storage;    /* E is C */
+    return LOADV_TAIL((const C *)p + i, count);
+}
+static inline __attribute__((always_inline)) V load_tail_or_sum(const E *x, const E *addend, int64_t i, int64_t count)
+{
+    if (!addend) return LOADV_TAIL(x + i, count);
+    return LOADV_TAIL(x + i, count) + LOADV_TAIL(addend + i, count);
 }
 #else
 #define LN_MASKED_TAILS 0
