@@ -57,8 +57,7 @@ def _forward_result(mode, y, s, mean, rstd, fused_add, return_stats):
 
 def _as_companion(array, name, dtype, shape, reference="x"):
     """An input that must match x's (kernel) dtype and shape: dy, residual."""
-    if array is None:     # numpy.asarray would make it a NaN scalar
-        raise TypeError(f"{name} must be an array, got None")
+    _require_array(array, name)     # numpy.asarray would make None a NaN scalar
     if isinstance(array, np.ndarray) and kernel_dtype(array.dtype, name) != dtype:
         raise TypeError(f"{name} has dtype {array.dtype} but {reference} has {dtype}; they must agree")
     converted = as_input(array, name, dtype)
@@ -93,9 +92,9 @@ def _inverse(permutation):
     return tuple(int(i) for i in np.argsort(permutation))
 
 
-def _require_residual(residual):
-    if residual is None:
-        raise TypeError("residual must be an array, got None")
+def _require_array(array, name):
+    if array is None:
+        raise TypeError(f"{name} must be an array, got None")
 
 
 def _into(result, out):
@@ -254,7 +253,7 @@ def add_layer_norm(x, residual, axis=-1, weight=None, bias=None, eps=1e-5, *, ou
     One pass writes both; ``sum_out=residual`` updates the residual stream in
     place.  `residual` must have x's shape and dtype.  Returns ``(y, s)``.
     """
-    _require_residual(residual)
+    _require_array(residual, "residual")
     result = _kernels.fast_forward(_LAYER_NORM, x, axis, weight, bias, eps, out, False, residual, sum_out)
     if result is not None:
         return result
@@ -263,7 +262,7 @@ def add_layer_norm(x, residual, axis=-1, weight=None, bias=None, eps=1e-5, *, ou
 
 def add_rms_norm(x, residual, axis=-1, weight=None, eps=None, *, out=None, sum_out=None):
     """Fused residual add and RMS norm: ``s = x + residual; y = rms_norm(s)``.  Returns ``(y, s)``."""
-    _require_residual(residual)
+    _require_array(residual, "residual")
     result = _kernels.fast_forward(_RMS_NORM, x, axis, weight, None, eps, out, False, residual, sum_out)
     if result is not None:
         return result
