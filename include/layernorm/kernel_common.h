@@ -815,6 +815,49 @@ static inline __attribute__((always_inline)) V ln_blend_lanes_below(V acc, V v, 
     return (V)_mm512_mask_mov_ps((__m512)acc, (__mmask16)ln_lanes_below(count), (__m512)v);
 #endif
 }
+#elif LN_VECTOR_BYTES == 32 && defined(__AVX2__) && (LN_DT == LN_DT_FLOAT32 || LN_DT == LN_DT_FLOAT64)
+/* AVX2 has masked loads and stores of 32- and 64-bit lanes only: float32
+ * and float64 (x, weight and bias all of the compute type). */
+#define LN_MASKED_TAILS 1
+/* all ones in the lanes below `count` */
+static inline __attribute__((always_inline)) __m256i ln_lane_mask(int64_t count)
+{
+#if LN_DT == LN_DT_FLOAT64
+    return _mm256_cmpgt_epi64(_mm256_set1_epi64x(count), _mm256_setr_epi64x(0, 1, 2, 3));
+#else
+    return _mm256_cmpgt_epi32(_mm256_set1_epi32((int)count), _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7));
+#endif
+}
+static inline __attribute__((always_inline)) V LOADV_TAIL(const E *p, int64_t count)
+{
+#if LN_DT == LN_DT_FLOAT64
+    return (V)_mm256_maskload_pd(p, ln_lane_mask(count));
+#else
+    return (V)_mm256_maskload_ps(p, ln_lane_mask(count));
+#endif
+}
+static inline __attribute__((always_inline)) void STOREV_TAIL(E *p, V v, int64_t count)
+{
+#if LN_DT == LN_DT_FLOAT64
+    _mm256_maskstore_pd(p, ln_lane_mask(count), (__m256d)v);
+#else
+    _mm256_maskstore_ps(p, ln_lane_mask(count), (__m256)v);
+#endif
+}
+/* E is C here */
+static inline __attribute__((always_inline)) V vload_c_tail(const C *p, int64_t count) { return LOADV_TAIL(p, count); }
+static inline __attribute__((always_inline)) V ln_blend_lanes_below(V acc, V v, int64_t count)
+{
+#if LN_DT == LN_DT_FLOAT64
+    return (V)_mm256_blendv_pd((__m256d)acc, (__m256d)v, _mm256_castsi256_pd(ln_lane_mask(count)));
+#else
+    return (V)_mm256_blendv_ps((__m256)acc, (__m256)v, _mm256_castsi256_ps(ln_lane_mask(count)));
+#endif
+}
+#else
+#define LN_MASKED_TAILS 0
+#endif
+#if LN_MASKED_TAILS
 /* param_v and load_or_sum of the `count` (< VL) elements at i */
 static inline __attribute__((always_inline)) V param_v_tail(const void *p, int storage, int64_t i, int64_t count)
 {
@@ -831,57 +874,6 @@ static inline __attribute__((always_inline)) V load_tail_or_sum(const E *x, cons
     return LOADV(stored);
 #endif
 }
-#elif LN_VECTOR_BYTES == 32 && defined(__AVX2__) && (LN_DT == LN_DT_FLOAT32 || LN_DT == LN_DT_FLOAT64)
-/* AVX2 has masked loads and stores of 32- and 64-bit lanes only: float32
- * and float64 (x, weight and bias all of the compute type). */
-#define LN_MASKED_TAILS 1
-#if LN_DT == LN_DT_FLOAT32
-static inline __attribute__((always_inline)) __m256i ln_lane_mask(int64_t count)
-{
-    return _mm256_cmpgt_epi32(_mm256_set1_epi32((int)count), _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7));
-}
-static inline __attribute__((always_inline)) V LOADV_TAIL(const E *p, int64_t count)
-{
-    return (V)_mm256_maskload_ps(p, ln_lane_mask(count));
-}
-static inline __attribute__((always_inline)) void STOREV_TAIL(E *p, V v, int64_t count)
-{
-    _mm256_maskstore_ps(p, ln_lane_mask(count), (__m256)v);
-}
-static inline __attribute__((always_inline)) V ln_blend_lanes_below(V acc, V v, int64_t count)
-{
-    return (V)_mm256_blendv_ps((__m256)acc, (__m256)v, _mm256_castsi256_ps(ln_lane_mask(count)));
-}
-#else
-static inline __attribute__((always_inline)) __m256i ln_lane_mask(int64_t count)
-{
-    return _mm256_cmpgt_epi64(_mm256_set1_epi64x(count), _mm256_setr_epi64x(0, 1, 2, 3));
-}
-static inline __attribute__((always_inline)) V LOADV_TAIL(const E *p, int64_t count)
-{
-    return (V)_mm256_maskload_pd(p, ln_lane_mask(count));
-}
-static inline __attribute__((always_inline)) void STOREV_TAIL(E *p, V v, int64_t count)
-{
-    _mm256_maskstore_pd(p, ln_lane_mask(count), (__m256d)v);
-}
-static inline __attribute__((always_inline)) V ln_blend_lanes_below(V acc, V v, int64_t count)
-{
-    return (V)_mm256_blendv_pd((__m256d)acc, (__m256d)v, _mm256_castsi256_pd(ln_lane_mask(count)));
-}
-#endif
-static inline __attribute__((always_inline)) V param_v_tail(const void *p, int storage, int64_t i, int64_t count)
-{
-    (void)storage;    /* E is C */
-    return LOADV_TAIL((const C *)p + i, count);
-}
-static inline __attribute__((always_inline)) V load_tail_or_sum(const E *x, const E *addend, int64_t i, int64_t count)
-{
-    if (!addend) return LOADV_TAIL(x + i, count);
-    return LOADV_TAIL(x + i, count) + LOADV_TAIL(addend + i, count);
-}
-#else
-#define LN_MASKED_TAILS 0
 #endif
 /* Where the scalar loops over a span's last elements start: after the whole
  * vectors, or (LN_MASKED_TAILS) nowhere, the vector code having taken them. */

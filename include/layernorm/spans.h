@@ -44,30 +44,36 @@ static inline void add_span(const E *x, const E *residual, E *sum_out, int64_t n
  * as a hi/lo pair (RMS norm passes hi = lo = 0); x + addend when addend is
  * not NULL (see load_or_sum).  weight/bias may be NULL; `storage`: they are
  * stored like x (see param_v).  `stream`: y is written with streaming stores
- * (see LN_STREAMED_SPAN). */
-static inline __attribute__((always_inline)) V normalized_v(const E *x, const E *addend, int64_t i, V vhi, V vlo, V vscale,
-                             const void *weight, const void *bias, int storage)
+ * (see LN_STREAMED_SPAN).
+ * normalized_of is the arithmetic, which normalized_v and normalized_tail_v
+ * share: `data` is x (+ addend) as loaded, w and b the weight and bias
+ * vectors where has_weight / has_bias. */
+static inline __attribute__((always_inline)) V normalized_of(V data, V vhi, V vlo, V vscale, int has_weight, V w,
+                                                             int has_bias, V b)
 {
-    const V centred = (load_or_sum(x, addend, i) - vhi) - vlo;
-    if (weight && bias) return vmuladd(centred * vscale, param_v(weight, storage, i), param_v(bias, storage, i));
-    if (weight) return centred * vscale * param_v(weight, storage, i);
-    if (bias) return vmuladd(centred, vscale, param_v(bias, storage, i));
+    const V centred = (data - vhi) - vlo;
+    if (has_weight && has_bias) return vmuladd(centred * vscale, w, b);
+    if (has_weight) return centred * vscale * w;
+    if (has_bias) return vmuladd(centred, vscale, b);
     return centred * vscale;
 }
 
+static inline __attribute__((always_inline)) V normalized_v(const E *x, const E *addend, int64_t i, V vhi, V vlo, V vscale,
+                             const void *weight, const void *bias, int storage)
+{
+    return normalized_of(load_or_sum(x, addend, i), vhi, vlo, vscale, weight != NULL,
+                         weight ? param_v(weight, storage, i) : vhi, bias != NULL, bias ? param_v(bias, storage, i) : vhi);
+}
+
 #if LN_MASKED_TAILS
-/* normalized_v of the last `count` (< VL) elements at i (see LN_MASKED_TAILS):
- * the same arithmetic. */
+/* normalized_v of the last `count` (< VL) elements at i (see LN_MASKED_TAILS) */
 static inline __attribute__((always_inline)) V normalized_tail_v(const E *x, const E *addend, int64_t i, int64_t count,
                                                                  V vhi, V vlo, V vscale, const void *weight,
                                                                  const void *bias, int storage)
 {
-    const V centred = (load_tail_or_sum(x, addend, i, count) - vhi) - vlo;
-    if (weight && bias)
-        return vmuladd(centred * vscale, param_v_tail(weight, storage, i, count), param_v_tail(bias, storage, i, count));
-    if (weight) return centred * vscale * param_v_tail(weight, storage, i, count);
-    if (bias) return vmuladd(centred, vscale, param_v_tail(bias, storage, i, count));
-    return centred * vscale;
+    return normalized_of(load_tail_or_sum(x, addend, i, count), vhi, vlo, vscale, weight != NULL,
+                         weight ? param_v_tail(weight, storage, i, count) : vhi, bias != NULL,
+                         bias ? param_v_tail(bias, storage, i, count) : vhi);
 }
 #endif
 
