@@ -165,16 +165,22 @@ def details_markdown(run):
 def targets_markdown(run):
     rows = []
     for t in run.get("targets", []):
+        bw = t.get("worst_bandwidths")
         rows.append([str(t["issue"]), t["target"], t["where"], t["bound"],
-                     f"{t['worst_text']} ({t['worst_case']})", f"{t['passed']}/{t['of']}",
-                     "yes" if t["ok"] else "**no**"])
+                     f"{t['worst_text']} ({t['worst_case']})",
+                     "-" if bw is None else f"{bw[1]:.2f}x / {bw[0]:.2f}x",
+                     f"{t['passed']}/{t['of']}", "yes" if t["ok"] else "**no**"])
     if not rows:
         return ""
     threads = run["targets"][0]["threads"]
     return (f"Issue targets at {threads} thread{'s' if threads > 1 else ''} "
-            "(worst case shown):\n\n"
-            + _table(["issue", "target", "cases", "bound", "worst (case)", "cases met", "met"],
-                     rows))
+            "(worst case shown). *Bandwidth*: the worst case's layernorm call as it ran "
+            "/ as it would have to run to just meet the bound, counting the fewest bytes "
+            "the call can move (each x-sized and weight-sized array once), as a multiple "
+            "of the bandwidth of the same run's numpy.copyto of that case; a need above "
+            "1x asks the call to move its bytes faster than the copy moves its own:\n\n"
+            + _table(["issue", "target", "cases", "bound", "worst (case)",
+                      "bandwidth ran / needs (x copy)", "cases met", "met"], rows))
 
 
 def _config_text(info):
@@ -262,8 +268,11 @@ def summary_text(doc):
             missed = [t for t in tg if not t["ok"]]
             lines.append(f"  issue targets met: {len(tg) - len(missed)}/{len(tg)}")
             for t in missed:
+                bw = t.get("worst_bandwidths")
+                reach = ("" if bw is None else
+                         f" (ran at {bw[1]:.2f}x copy bandwidth, needs {bw[0]:.2f}x)")
                 lines.append(f"  missed (issue {t['issue']}): {t['target']} [{t['bound']}], "
-                             f"worst {t['worst_text']} on {t['worst_case']}")
+                             f"worst {t['worst_text']} on {t['worst_case']}{reach}")
         sk = skipped_markdown(run)
         if sk:
             lines.append("  skipped:\n" + "\n".join("  " + s for s in sk.splitlines()))

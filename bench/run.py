@@ -4,6 +4,7 @@
     python bench/run.py                 # full run: every SIMD level, 1 and 2 threads
     python bench/run.py --quick         # short timings, the default SIMD level only
     python bench/run.py --ops forward,small --threads 2 --simd avx2
+    python bench/run.py --render bench/results/benchmark.json   # tables again, no timing
 
 Each SIMD level runs in its own subprocess with LAYERNORM_SIMD set (the package
 picks its kernels at import); ``--simd auto`` runs in this process with the
@@ -76,6 +77,9 @@ def parse_args(argv=None):
     o.add_argument("--no-check", action="store_true",
                    help="do not check outputs against the float64 reference")
     o.add_argument("--seed", type=int, default=0)
+    p.add_argument("--render", metavar="JSON",
+                   help="write the tables and chart of a saved run again (ratios and "
+                        "targets recomputed, nothing timed)")
     p.add_argument("--worker-json", help=argparse.SUPPRESS)
     args = p.parse_args(argv)
     args.ops = [s.strip() for s in args.ops.split(",") if s.strip()]
@@ -306,6 +310,15 @@ def run_in_subprocess(args, level):
 def main(argv=None):
     args = parse_args(argv)
     sections_mod.select(args.ops)   # validate early
+    if args.render:
+        doc = json.loads(Path(args.render).read_text())
+        name = Path(args.render).stem
+        paths = report.write_all(doc, Path(args.render).parent, name,
+                                 draw_chart=not args.no_chart)
+        print(report.summary_text(doc))
+        for p in paths:
+            print(f"wrote {p}")
+        return 0
     if args.worker_json:
         run = LevelRunner(args, args.simd[0]).run()
         with open(args.worker_json, "w") as f:

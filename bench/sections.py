@@ -21,6 +21,7 @@ class Impl:
     kwargs: tuple = ()       # extra (name, value) arguments of the method
     dtype: str = "float32"   # dtype of x (bytes and reference)
     arrays: int = 0          # arrays of x's size read + written (0: the section's)
+    params: int = -1         # arrays of weight's size read + written (-1: the section's)
     check: str = ""          # reference kind (reference.py), "" for none
     includes: str = ""       # what the timed call includes (for the report)
 
@@ -33,6 +34,7 @@ class Section:
     cases: list
     impls: list
     arrays: int = 2          # default traffic: read x + write y
+    params: int = 0          # default weight-sized traffic (weight, bias, their grads)
     ratios: list = field(default_factory=list)   # (label, numerator key, denominator key)
     diffs: list = field(default_factory=list)    # (label, key a, key b): t(a) - t(b) in us
     micro: bool = False      # report microseconds, no GB/s
@@ -45,6 +47,13 @@ class Section:
 
     def bytes_moved(self, impl, case):
         return (impl.arrays or self.arrays) * case.size * dtype_of(impl.dtype).itemsize
+
+    def least_bytes(self, impl, case):
+        """The fewest bytes the call can move: each x-sized array once, plus the
+        weight-sized ones (which matter for one long row: (1, 16777216)'s weight
+        and bias are as large as x)."""
+        params = self.params if impl.params < 0 else impl.params
+        return self.bytes_moved(impl, case) + params * case.cols * dtype_of(impl.dtype).itemsize
 
 
 # What the timed calls include, shared by several sections.
@@ -59,7 +68,7 @@ _COPY = "numpy.copyto(dst, x), dst preallocated, one thread: the bandwidth yards
 
 def _forward():
     impls = [
-        Impl("copy", "copy", "copy", "copy", includes=_COPY),
+        Impl("copy", "copy", "copy", "copy", params=0, includes=_COPY),
         Impl("ln", "layernorm", "layernorm", "forward", check="layer_norm", includes=_LN),
         Impl("ln_out", "layernorm out=", "layernorm", "forward", (("out", True),),
              check="layer_norm", includes=_LN_OUT),
@@ -72,7 +81,7 @@ def _forward():
              includes="x.mean, x.var, (x - mean) / sqrt(var + eps) * w + b (float32, one thread)"),
     ]
     return Section(
-        "forward", "forward", "Forward layer_norm, float32", FORWARD_CASES, impls,
+        "forward", "forward", "Forward layer_norm, float32", FORWARD_CASES, impls, params=2,
         ratios=[("ln/copy", "ln", "copy"), ("ln out=/copy", "ln_out", "copy"),
                 ("ORT/ln", "ort", "ln"), ("ORT io/ln out=", "ort_out", "ln_out"),
                 ("PyTorch/ln", "torch", "ln"), ("NumPy/ln", "numpy", "ln")],
@@ -83,7 +92,7 @@ def _forward():
 def _backward():
     impls = [
         Impl("ln_fwd", "layernorm fwd+stats", "layernorm", "forward", (("stats", True),),
-             arrays=2, check="layer_norm",
+             arrays=2, params=2, check="layer_norm",
              includes="ln.layer_norm(..., return_stats=True), allocating y, mean, rstd"),
         Impl("ln", "layernorm bwd", "layernorm", "backward", check="layer_norm_backward",
              includes="ln.layer_norm_backward(dy, x, mean, rstd, axis, w): allocates dx, dw, db"),
@@ -93,7 +102,7 @@ def _backward():
     ]
     return Section(
         "backward", "backward", "Backward layer_norm_backward, float32", FORWARD_CASES, impls,
-        arrays=3,
+        arrays=3, params=3,   # reads w, writes dw and db
         ratios=[("PyTorch/ln", "torch", "ln"), ("ln bwd/fwd", "ln", "ln_fwd")],
         about="GB/s = (read x, dy + write dx) bytes / median time; the forward row "
               "counts read x + write y.")
@@ -113,7 +122,7 @@ def _rms():
              includes="F.rms_norm(x, shape, w, eps), allocates; NCHW via permutes"),
     ]
     return Section(
-        "rms", "rms", "rms_norm, float32", FORWARD_CASES, impls,
+        "rms", "rms", "rms_norm, float32", FORWARD_CASES, impls, params=1,
         ratios=[("PyTorch/ln", "torch", "ln"), ("ORT/ln", "ort", "ln"),
                 ("ORT io/ln out=", "ort_out", "ln_out")],
         about="GB/s = (read x + write y) bytes / median time. eps = 1e-6 for all.")
@@ -144,7 +153,7 @@ def _add(rms):
     ]
     return Section(
         "add_rms" if rms else "add", "add", f"Fused residual add: {fn}, float32",
-        FORWARD_CASES, impls, arrays=4,
+        FORWARD_CASES, impls, arrays=4, params=1 if rms else 2,
         ratios=[("pair/fused", "pair", "ln"), ("pair out=/fused out=", "pair_out", "ln_out"),
                 ("PyTorch/ln", "torch", "ln"), ("ORT/ln", "ort", "ln"),
                 ("ORT io/ln out=", "ort_out", "ln_out")],
@@ -169,6 +178,7 @@ def _half():
     ]
     return Section(
         "half", "half", "Half precision layer_norm (float16, bfloat16)", FORWARD_CASES, impls,
+        params=2,
         ratios=[("f32/f16 (ln)", "ln32", "ln16"), ("f32/bf16 (ln)", "ln32", "lnbf"),
                 ("PyTorch f16/ln f16", "torch16", "ln16"),
                 ("PyTorch bf16/ln bf16", "torchbf", "lnbf"),

@@ -3,12 +3,20 @@
 Each target is a ratio (or a time) from one section's table, a bound, and the
 cases it applies to.  Targets are evaluated at the largest thread count of the
 run (the issues state them for 2 threads), separately for every SIMD level.
+
+For a ratio target, ``bandwidths`` says whether it is within the memory bus's
+reach: the bandwidth layernorm's call would need to meet the bound exactly
+(needs) and the bandwidth it ran at (reached), both counting the fewest bytes
+the call can move (``Section.least_bytes``) and both as multiples of the
+bandwidth of the same run's copy of that case.  Needs above 1x: the target
+asks the call to move its bytes faster than ``numpy.copyto`` moves the copy's.
 """
 from dataclasses import dataclass
 
 from cases import FORWARD_CASES
 
 LARGE = 1 << 20   # "large cases": at least a million elements
+SMALL_FOR_BANDWIDTH = 1 << 16   # below: no bandwidth figures (fixed costs dominate)
 
 
 def _trailing(c):
@@ -93,6 +101,27 @@ TARGETS = [
 ]
 
 
+def _bandwidths(target, sec, case, rows, copy_row):
+    """(needs, reached): the multiples of the copy's bandwidth at which
+    layernorm's call would just meet the bound, and at which it ran.  None for
+    time targets, for small cases (their time is calls' fixed costs, not bytes),
+    or without a copy of the case."""
+    if case.size < SMALL_FOR_BANDWIDTH:
+        return None
+    ratio = next((x for x in sec.ratios if x[0] == target.ratio), None)
+    if ratio is None or copy_row is None:
+        return None
+    _, a, b = ratio
+    if a not in rows or b not in rows:
+        return None
+    # at most R: t(a) <= R t(b), layernorm is a; at least R: t(b) <= t(a) / R
+    ours, goal = ((a, target.bound * rows[b]["median_s"]) if target.at_most
+                  else (b, rows[a]["median_s"] / target.bound))
+    least = sec.least_bytes(sec.impl(ours), case)
+    copy_bandwidth = copy_row["bytes"] / copy_row["median_s"]
+    return least / goal / copy_bandwidth, least / rows[ours]["median_s"] / copy_bandwidth
+
+
 def evaluate(run, sections):
     """[{target fields, per-case values, worst, passed}] for one run."""
     from cases import SMALL_CASES
@@ -111,7 +140,7 @@ def evaluate(run, sections):
         if sec is None:
             continue
         ratio = next((x for x in sec.ratios if x[0] == t.ratio), None)
-        values = {}
+        values, bandwidths = {}, {}
         for (skey, cname), rows in idx.items():
             case = all_cases.get(cname)
             if skey != t.section or case is None or not t.where(case):
@@ -120,6 +149,10 @@ def evaluate(run, sections):
                 _, a, b = ratio
                 if a in rows and b in rows:
                     values[cname] = rows[a]["median_s"] / rows[b]["median_s"]
+                    copy_row = idx.get(("forward", cname), {}).get("copy")
+                    pair = _bandwidths(t, sec, case, rows, copy_row)
+                    if pair is not None:
+                        bandwidths[cname] = pair
             else:
                 v = t.value(rows)
                 if v is not None:
@@ -131,6 +164,8 @@ def evaluate(run, sections):
                     "bound": t.fmt_bound(), "where": t.where_text, "threads": threads,
                     "values": values, "worst_case": worst_case,
                     "worst": values[worst_case],
+                    "bandwidths": bandwidths,   # case -> (needs, reached), x copy
+                    "worst_bandwidths": bandwidths.get(worst_case),
                     "passed": sum(t.ok(v) for v in values.values()), "of": len(values),
                     "ok": all(t.ok(v) for v in values.values()),
                     "worst_text": t.fmt(values[worst_case])})
