@@ -36,6 +36,10 @@ static inline void add_span(const E *x, const E *residual, E *sum_out, int64_t n
         return;
     }
     int64_t i = 0;
+#ifdef LN_HAS_STOREV2
+    for (; i + 2 * VL <= n; i += 2 * VL)
+        STOREV2(sum_out + i, LOADV(x + i) + LOADV(residual + i), LOADV(x + i + VL) + LOADV(residual + i + VL));
+#endif
     for (; i + VL <= n; i += VL) STOREV(sum_out + i, LOADV(x + i) + LOADV(residual + i));
     for (; i < n; i++) STORE1(sum_out + i, LOAD1(x + i) + LOAD1(residual + i));
 }
@@ -77,6 +81,23 @@ static inline __attribute__((always_inline)) V normalized_tail_v(const E *x, con
 }
 #endif
 
+/* normalized_v into y for the whole vectors of [0, n); returns where they
+ * end.  In pairs where the storage type narrows two vectors at once
+ * (LN_HAS_STOREV2).  Inlined with constant NULLs for each weight/bias case. */
+static inline __attribute__((always_inline)) int64_t store_normalized_vectors(const E *x, const E *addend, E *y, int64_t n,
+                                                                              V vhi, V vlo, V vscale, const void *weight,
+                                                                              const void *bias, int storage)
+{
+    int64_t i = 0;
+#ifdef LN_HAS_STOREV2
+    for (; i + 2 * VL <= n; i += 2 * VL)
+        STOREV2(y + i, normalized_v(x, addend, i, vhi, vlo, vscale, weight, bias, storage),
+                normalized_v(x, addend, i + VL, vhi, vlo, vscale, weight, bias, storage));
+#endif
+    for (; i + VL <= n; i += VL) STOREV(y + i, normalized_v(x, addend, i, vhi, vlo, vscale, weight, bias, storage));
+    return i;
+}
+
 static inline __attribute__((always_inline)) void normalize_span(const E *x, const E *addend, E *y, int64_t n, C hi, C lo, C scale,
                                   const void *weight, const void *bias, int storage, int stream)
 {
@@ -89,16 +110,12 @@ static inline __attribute__((always_inline)) void normalize_span(const E *x, con
         else LN_STREAMED_SPAN(y, n, LN_NORMALIZED(NULL, NULL));
         return;
     }
-    int64_t i = 0;
-    if (weight && bias)
-        for (; i + VL <= n; i += VL) STOREV(y + i, LN_NORMALIZED(weight, bias));
-    else if (weight)
-        for (; i + VL <= n; i += VL) STOREV(y + i, LN_NORMALIZED(weight, NULL));
-    else if (bias)
-        for (; i + VL <= n; i += VL) STOREV(y + i, LN_NORMALIZED(NULL, bias));
-    else
-        for (; i + VL <= n; i += VL) STOREV(y + i, LN_NORMALIZED(NULL, NULL));
 #undef LN_NORMALIZED
+    int64_t i;
+    if (weight && bias) i = store_normalized_vectors(x, addend, y, n, vhi, vlo, vscale, weight, bias, storage);
+    else if (weight) i = store_normalized_vectors(x, addend, y, n, vhi, vlo, vscale, weight, NULL, storage);
+    else if (bias) i = store_normalized_vectors(x, addend, y, n, vhi, vlo, vscale, NULL, bias, storage);
+    else i = store_normalized_vectors(x, addend, y, n, vhi, vlo, vscale, NULL, NULL, storage);
 #if LN_MASKED_TAILS
     if (i < n) {
         STOREV_TAIL(y + i, normalized_tail_v(x, addend, i, n - i, vhi, vlo, vscale, weight, bias, storage), n - i);
