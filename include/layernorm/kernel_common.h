@@ -449,19 +449,38 @@ static inline __attribute__((always_inline)) __m128i NARROWV(V v)
     return _mm256_castsi256_si128(_mm256_permute4x64_epi64(gathered, 0x08));
 }
 static inline __attribute__((always_inline)) void STOREV(E *p, V v) { _mm_storeu_si128((__m128i *)p, NARROWV(v)); }
-/* STOREV(p, a); STOREV(p + VL, b), with the same bits: one NaN test for
- * both, and one pack of their top halves (in the order [a0-3 b0-3 | a4-7
- * b4-7], which one quadword permutation puts right) */
+/* NARROWV of a then b in one vector, neither holding a NaN: one pack of
+ * their top halves (in the order [a0-3 b0-3 | a4-7 b4-7], which one quadword
+ * permutation puts right) */
+static inline __attribute__((always_inline)) __m256i narrowed_pair(V a, V b)
+{
+    const __m256i packed = _mm256_packus_epi32(_mm256_srli_epi32(rounded_bits(a), 16), _mm256_srli_epi32(rounded_bits(b), 16));
+    return _mm256_permute4x64_epi64(packed, 0xD8);
+}
+static inline __attribute__((always_inline)) int pair_has_nan(V a, V b)
+{
+    return _mm256_movemask_ps(_mm256_cmp_ps((__m256)a, (__m256)b, _CMP_UNORD_Q)) != 0;
+}
+/* STOREV(p, a); STOREV(p + VL, b), with the same bits and one NaN test */
 #define LN_HAS_STOREV2 1
 static inline __attribute__((always_inline)) void STOREV2(E *p, V a, V b)
 {
-    if (__builtin_expect(_mm256_movemask_ps(_mm256_cmp_ps((__m256)a, (__m256)b, _CMP_UNORD_Q)) != 0, 0)) {
+    if (__builtin_expect(pair_has_nan(a, b), 0)) {
         STOREV(p, a);
         STOREV(p + VL, b);
         return;
     }
-    const __m256i packed = _mm256_packus_epi32(_mm256_srli_epi32(rounded_bits(a), 16), _mm256_srli_epi32(rounded_bits(b), 16));
-    _mm256_storeu_si256((__m256i *)p, _mm256_permute4x64_epi64(packed, 0xD8));
+    _mm256_storeu_si256((__m256i *)p, narrowed_pair(a, b));
+}
+/* the same with one streaming store, p aligned to 2 * VL * sizeof(E) */
+static inline __attribute__((always_inline)) void STREAMV2(E *p, V a, V b)
+{
+    if (__builtin_expect(pair_has_nan(a, b), 0)) {
+        _mm_stream_si128((__m128i *)p, NARROWV(a));
+        _mm_stream_si128((__m128i *)(p + VL), NARROWV(b));
+        return;
+    }
+    _mm256_stream_si256((__m256i *)p, narrowed_pair(a, b));
 }
 #elif LN_VECTOR_BYTES == 16 && defined(__SSE2__)
 /* The same in SSE2 intrinsics (GCC's code for the generic vectors made
