@@ -101,18 +101,12 @@ TARGETS = [
 ]
 
 
-def _bandwidths(target, sec, case, rows, copy_row):
+def _bandwidths(target, sec, case, rows, a, b, copy_row):
     """(needs, reached): the multiples of the copy's bandwidth at which
-    layernorm's call would just meet the bound, and at which it ran.  None for
-    time targets, for small cases (their time is calls' fixed costs, not bytes),
+    layernorm's call would just meet the bound t(a) / t(b), and at which it
+    ran.  None for small cases (their time is calls' fixed costs, not bytes),
     or without a copy of the case."""
-    if case.size < SMALL_FOR_BANDWIDTH:
-        return None
-    ratio = next((x for x in sec.ratios if x[0] == target.ratio), None)
-    if ratio is None or copy_row is None:
-        return None
-    _, a, b = ratio
-    if a not in rows or b not in rows:
+    if case.size < SMALL_FOR_BANDWIDTH or copy_row is None:
         return None
     # at most R: t(a) <= R t(b), layernorm is a; at least R: t(b) <= t(a) / R
     ours, goal = ((a, target.bound * rows[b]["median_s"]) if target.at_most
@@ -150,7 +144,7 @@ def evaluate(run, sections):
                 if a in rows and b in rows:
                     values[cname] = rows[a]["median_s"] / rows[b]["median_s"]
                     copy_row = idx.get(("forward", cname), {}).get("copy")
-                    pair = _bandwidths(t, sec, case, rows, copy_row)
+                    pair = _bandwidths(t, sec, case, rows, a, b, copy_row)
                     if pair is not None:
                         bandwidths[cname] = pair
             else:

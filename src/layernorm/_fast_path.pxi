@@ -121,6 +121,12 @@ cdef int axes_block(object axis, int ndim, int *first):
     return highest
 
 
+cdef inline bint is_floating(cnp.dtype dtype):
+    """A NumPy floating dtype, or bfloat16 (whose kind is not "f"): the
+    parameter dtypes the fast path converts."""
+    return dtype.kind == b"f" or kernel_code(dtype) == BFLOAT16
+
+
 cdef object as_kernel_param(object param, cnp.dtype target, int ndim, cnp.npy_intp *dims):
     """weight/bias of exactly the normalized shape in another floating dtype
     (float64 weights with float32 x, say, or half-precision ones read as
@@ -135,8 +141,7 @@ cdef object as_kernel_param(object param, cnp.dtype target, int ndim, cnp.npy_in
     for i in range(ndim):
         if cnp.PyArray_DIMS(p)[i] != dims[i]:
             return param
-    cdef cnp.dtype own = p.descr
-    if own.kind != b"f" and kernel_code(own) != BFLOAT16:
+    if not is_floating(p.descr):
         return param
     return p.astype(target, order="C")
 
@@ -348,8 +353,7 @@ def fast_backward(int mode, dy, x, mean, rstd, axis, weight):
     # functional._backward.
     cdef bint storage = False
     cdef cnp.dtype gradient_dtype = stat_dtype
-    if type(weight) is cnp.ndarray and ((<cnp.ndarray>weight).descr.kind == b"f"
-                                        or kernel_code((<cnp.ndarray>weight).descr) == BFLOAT16):
+    if type(weight) is cnp.ndarray and is_floating((<cnp.ndarray>weight).descr):
         gradient_dtype = (<cnp.ndarray>weight).descr
     if (code == FLOAT16 or code == BFLOAT16) and weight is not None and is_exact(weight, dtype, pdim, dims + start):
         storage = native_half_params_pay(size, n)
