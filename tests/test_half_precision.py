@@ -204,3 +204,38 @@ def test_conversions_exact_for_every_half_value(simd, rng, dtype):
             assert np.array_equal(s.view(np.uint16)[~nan], expected.view(np.uint16)[~nan])
             quiet_bit = 0x0200 if dtype == np.float16 else 0x0040
             assert np.all(s.view(np.uint16)[nan] & quiet_bit), "NaNs must come out quiet"
+
+
+@pytest.mark.parametrize("cols", [256, 255])
+def test_narrowing_of_any_float32_value(simd, rng, dtype, cols):
+    """Rounding float32 results to the half type, bit for bit as NumPy (float16)
+    and ml_dtypes (bfloat16) round: with a zero weight, y is the float32 bias
+    narrowed.  Random bit patterns, patterns with exponents in and around the
+    half type's range, exact ties (even and odd), and the edges (largest
+    finite values, the tie to Inf, subnormals and the tie to zero).  Vector
+    loops (256 columns) and scalar tails (255)."""
+    tie_bits = 0x1000 if dtype == np.float16 else 0x8000     # half an ulp of the half type
+    low_exponent, high_exponent = (0x60, 0x90) if dtype == np.float16 else (0x00, 0xFF)
+    edges = np.array([65504.0, 65519.99, 65520.0, 2.0 ** -24, 2.0 ** -25, 2.0 ** -25 * 1.0000001, 6.1e-5,
+                      3.3895314e38, 3.3961775e38, 1e-38, 1e-40, 1e-45, np.inf, -np.inf, np.nan, 1.0, -2.5],
+                     np.float32)
+    for trial in range(8):
+        bits = rng.integers(0, 1 << 32, size=cols, dtype=np.uint64).astype(np.uint32)
+        if trial % 2:
+            exponents = rng.integers(low_exponent, high_exponent + 1, size=cols).astype(np.uint32)
+            bits = (bits & np.uint32(0x807FFFFF)) | (exponents << np.uint32(23))
+        if trial % 4 == 3:
+            bits = (bits & ~np.uint32(2 * tie_bits - 1)) | np.uint32(tie_bits)
+        bias = bits.view(np.float32).copy()
+        bias[: edges.size] = edges * np.where(rng.random(edges.size) < 0.5, 1, -1).astype(np.float32)
+        bias[bias == 0] = 0.0      # -0.0 + 0 * xhat is +0.0 or -0.0 by xhat's sign
+        x = rng.standard_normal((2, cols)).astype(dtype)
+        with np.errstate(all="ignore"):
+            y = ln.layer_norm(x, -1, np.zeros(cols, np.float32), bias)
+            expected = bias.astype(dtype)
+        nan = np.isnan(expected.astype(np.float32))
+        for row in y:
+            assert np.array_equal(np.isnan(row.astype(np.float32)), nan)
+            assert np.array_equal(row.view(np.uint16)[~nan], expected.view(np.uint16)[~nan])
+            quiet_bit = 0x0200 if dtype == np.float16 else 0x0040
+            assert np.all(row.view(np.uint16)[nan] & quiet_bit), "NaNs must come out quiet"
