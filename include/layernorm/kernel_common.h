@@ -508,26 +508,25 @@ static inline __attribute__((always_inline)) V LOADV(const E *p)
 {
     return (V)_mm_castsi128_ps(_mm_unpacklo_epi16(_mm_setzero_si128(), _mm_loadl_epi64((const __m128i *)p)));
 }
-static inline __attribute__((always_inline)) void STOREV(E *p, V v)
-{
-    const __m128i bits = _mm_castps_si128((__m128)v);
-    const __m128i lsb = _mm_and_si128(_mm_srli_epi32(bits, 16), _mm_set1_epi32(1));
-    const __m128i rounded = _mm_add_epi32(_mm_add_epi32(bits, _mm_set1_epi32(0x7FFF)), lsb);
-    const __m128 is_nan = _mm_cmpunord_ps((__m128)v, (__m128)v);
-    __m128i top = rounded;
-    if (__builtin_expect(_mm_movemask_ps(is_nan) != 0, 0)) {
-        const __m128i nan_lanes = _mm_castps_si128(is_nan), quiet = _mm_or_si128(bits, _mm_set1_epi32(0x00400000));
-        top = _mm_or_si128(_mm_and_si128(nan_lanes, quiet), _mm_andnot_si128(nan_lanes, rounded));
-    }
-    const __m128i narrow = _mm_srai_epi32(top, 16);
-    _mm_storel_epi64((__m128i *)p, _mm_packs_epi32(narrow, narrow));
-}
-/* bits of v rounded to nearest even at bit 16 (no NaN in v) */
+/* v's bits rounded to nearest even at bit 16 (NaNs aside) */
 static inline __attribute__((always_inline)) __m128i rounded_bits(V v)
 {
     const __m128i bits = _mm_castps_si128((__m128)v);
     const __m128i lsb = _mm_and_si128(_mm_srli_epi32(bits, 16), _mm_set1_epi32(1));
     return _mm_add_epi32(_mm_add_epi32(bits, _mm_set1_epi32(0x7FFF)), lsb);
+}
+static inline __attribute__((always_inline)) void STOREV(E *p, V v)
+{
+    const __m128i rounded = rounded_bits(v);
+    const __m128 is_nan = _mm_cmpunord_ps((__m128)v, (__m128)v);
+    __m128i top = rounded;
+    if (__builtin_expect(_mm_movemask_ps(is_nan) != 0, 0)) {
+        const __m128i nan_lanes = _mm_castps_si128(is_nan);
+        const __m128i quiet = _mm_or_si128(_mm_castps_si128((__m128)v), _mm_set1_epi32(0x00400000));
+        top = _mm_or_si128(_mm_and_si128(nan_lanes, quiet), _mm_andnot_si128(nan_lanes, rounded));
+    }
+    const __m128i narrow = _mm_srai_epi32(top, 16);
+    _mm_storel_epi64((__m128i *)p, _mm_packs_epi32(narrow, narrow));
 }
 /* STOREV(p, a); STOREV(p + VL, b), with the same bits: one NaN test (an
  * unordered compare of a with b) and one pack for both.  A/B, 2 threads:
