@@ -300,8 +300,6 @@ static inline __attribute__((always_inline)) void STOREV2(E *p, V a, V b)
 {
     _mm_storeu_si128((__m128i *)p, _mm_packs_epi32(narrowed_lanes(a), narrowed_lanes(b)));
 }
-/* this level does not stream half types (LN_CAN_STREAM is 0 below) */
-static inline __attribute__((always_inline)) void STREAMV2(E *p, V a, V b) { STOREV2(p, a, b); }
 #else
 /* the scalar conversions above, lane-wise in vector registers */
 static inline __attribute__((always_inline)) V LOADV(const E *p)
@@ -544,8 +542,6 @@ static inline __attribute__((always_inline)) void STOREV2(E *p, V a, V b)
     const __m128i narrow_a = _mm_srai_epi32(rounded_bits(a), 16), narrow_b = _mm_srai_epi32(rounded_bits(b), 16);
     _mm_storeu_si128((__m128i *)p, _mm_packs_epi32(narrow_a, narrow_b));
 }
-/* this level does not stream half types (LN_CAN_STREAM is 0 below) */
-static inline __attribute__((always_inline)) void STREAMV2(E *p, V a, V b) { STOREV2(p, a, b); }
 #else
 static inline __attribute__((always_inline)) V LOADV(const E *p)
 {
@@ -640,6 +636,9 @@ static inline void ln_stream_fence(void) { _mm_sfence(); }
 #else
 #define LN_CAN_STREAM 0
 static inline __attribute__((always_inline)) void STREAMV(E *p, V v) { STOREV(p, v); }
+#ifdef LN_HAS_STOREV2
+static inline __attribute__((always_inline)) void STREAMV2(E *p, V a, V b) { STOREV2(p, a, b); }
+#endif
 static inline void ln_stream_fence(void)
 {
 #if LN_CAN_STREAM_C
