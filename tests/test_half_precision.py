@@ -166,6 +166,20 @@ def test_half_weights_read_natively_give_the_bits_of_float32_copies(simd, dtype,
     assert np.array_equal(r.view(np.uint16), r32.view(np.uint16))
 
 
+def quiet_bit(dtype):
+    """The quiet bit of the half type's NaNs."""
+    return 0x0200 if dtype == np.float16 else 0x0040
+
+
+def assert_same_half_bits(got, expected, dtype):
+    """got equals expected bit for bit, except that NaNs (in the same places)
+    only have to be quiet."""
+    nan = np.isnan(expected.astype(np.float32))
+    assert np.array_equal(np.isnan(got.astype(np.float32)), nan)
+    assert np.array_equal(got.view(np.uint16)[~nan], expected.view(np.uint16)[~nan])
+    assert np.all(got.view(np.uint16)[nan] & quiet_bit(dtype)), "NaNs must come out quiet"
+
+
 @pytest.mark.parametrize("cols", [256, 255])
 def test_float32_nans_with_any_payload_narrow_to_nans(simd, rng, dtype, cols):
     """A float32 NaN whose payload fills the low half (which the rounding adds
@@ -182,8 +196,7 @@ def test_float32_nans_with_any_payload_narrow_to_nans(simd, rng, dtype, cols):
     assert np.all(np.isnan(values[:, nan_columns])), "a NaN bias narrowed to a number"
     others = np.setdiff1d(np.arange(cols), nan_columns)
     assert not np.any(np.isnan(values[:, others]))
-    quiet_bit = 0x0200 if dtype == np.float16 else 0x0040
-    assert np.all(y.view(np.uint16)[:, nan_columns] & quiet_bit), "NaNs must come out quiet"
+    assert np.all(y.view(np.uint16)[:, nan_columns] & quiet_bit(dtype)), "NaNs must come out quiet"
 
 
 def test_conversions_exact_for_every_half_value(simd, rng, dtype):
@@ -199,11 +212,7 @@ def test_conversions_exact_for_every_half_value(simd, rng, dtype):
             with np.errstate(all="ignore"):
                 _, s = ln.add_layer_norm(x, r)
                 expected = (x.astype(np.float32) + r.astype(np.float32)).astype(dtype)
-            nan = np.isnan(expected.astype(np.float32))
-            assert np.array_equal(np.isnan(s.astype(np.float32)), nan)
-            assert np.array_equal(s.view(np.uint16)[~nan], expected.view(np.uint16)[~nan])
-            quiet_bit = 0x0200 if dtype == np.float16 else 0x0040
-            assert np.all(s.view(np.uint16)[nan] & quiet_bit), "NaNs must come out quiet"
+            assert_same_half_bits(s, expected, dtype)
 
 
 @pytest.mark.parametrize("cols", [256, 255])
@@ -233,9 +242,5 @@ def test_narrowing_of_any_float32_value(simd, rng, dtype, cols):
         with np.errstate(all="ignore"):
             y = ln.layer_norm(x, -1, np.zeros(cols, np.float32), bias)
             expected = bias.astype(dtype)
-        nan = np.isnan(expected.astype(np.float32))
         for row in y:
-            assert np.array_equal(np.isnan(row.astype(np.float32)), nan)
-            assert np.array_equal(row.view(np.uint16)[~nan], expected.view(np.uint16)[~nan])
-            quiet_bit = 0x0200 if dtype == np.float16 else 0x0040
-            assert np.all(row.view(np.uint16)[nan] & quiet_bit), "NaNs must come out quiet"
+            assert_same_half_bits(row, expected, dtype)
