@@ -34,17 +34,24 @@ typedef struct {
  * the baseline, float16 0.98x at AVX-512; rows of 2 KB gained: (32768, 512)
  * float32 0.90x to 0.93x at AVX2, 0.98x at the baseline, (16384, 1024)
  * float16 0.89x to 0.94x at AVX-512, 0.87x at AVX2, bfloat16 0.92x to 0.96x
- * at AVX-512.  bfloat16 at AVX2, bound by its rounding, lost: 1.05x to
- * 1.09x at (16384, 1024), and rows of 4 KB, streamed before, took 0.975x
- * the time without (8192, 2048).  (The long-row split streams by
- * ln_stream_rows alone: without streaming, bfloat16 (1, 16777216) took
- * 1.17x at AVX2.) */
+ * at AVX-512.  bfloat16 at AVX2, bound by its rounding, streams in pairs of
+ * vectors (STREAMV2, one NaN test): (16384, 1024) 0.94x to 0.95x the time of
+ * not streaming, (64, 262144) 0.87x to 0.88x; with y 16 bytes off a line
+ * 1.01x to 1.05x and 0.87x.  (The long-row split streams by ln_stream_rows
+ * alone: without streaming, bfloat16 (1, 16777216) took 1.17x at AVX2.) */
 #if LN_VECTOR_BYTES == 64 && (LN_DT == LN_DT_FLOAT32 || LN_DT == LN_DT_FLOAT64)
 #define STREAMED_ROW_MIN_BYTES 0
-#elif LN_VECTOR_BYTES == 32 && LN_DT == LN_DT_BFLOAT16
-#define STREAMED_ROW_MIN_BYTES INT64_MAX   /* never */
 #else
 #define STREAMED_ROW_MIN_BYTES 2048
+#endif
+/* Whether the fused add's sum streams along with y (memory_plan.sum).  Not
+ * bfloat16 at AVX2: recomputing the rounded x + residual in both passes
+ * costs more than the sum's read-for-ownership, (16384, 1024) took 2.04x the
+ * time of streaming y alone. */
+#if LN_VECTOR_BYTES == 32 && LN_DT == LN_DT_BFLOAT16
+#define SUM_STREAMS 0
+#else
+#define SUM_STREAMS 1
 #endif
 static inline int stream_row_outputs(const void *y, int64_t rows, int64_t cols, int arrays)
 {
@@ -126,7 +133,7 @@ static inline memory_plan plan_memory(const ln_forward_args *a, int64_t group)
     const int arrays = ln_forward_arrays_moved(a);
     memory_plan plan = {stream_row_outputs(a->y, rows, cols, arrays), stage_row_outputs(a->y, rows, cols, arrays), 0,
                         prefetch_row_groups(a, group)};
-    if (plan.y && a->residual)
+    if (plan.y && a->residual && SUM_STREAMS)
         plan.sum = stream_row_outputs(a->sum_out, rows, cols, arrays) && ln_outputs_apart_from_inputs(a, bytes);
     return plan;
 }
