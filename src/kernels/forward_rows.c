@@ -27,22 +27,27 @@ typedef struct {
 } memory_plan;
 
 /* The shortest rows whose outputs stream (ln_stream_rows decides the rest).
- * Where one vector store fills a whole line (AVX-512 float32/float64), any:
- * (262144, 64) float32, 2 threads, y aligned, took 0.86x the time (float64
- * 0.69x, rms 0.88x, fused add 0.79x).  Elsewhere rows of 2 KB: with two or
- * four stores a line, (262144, 64) float32 took 1.09x at AVX2 and 1.27x at
- * the baseline, float16 0.98x at AVX-512; rows of 2 KB gained: (32768, 512)
- * float32 0.90x to 0.93x at AVX2, 0.98x at the baseline, (16384, 1024)
+ * float32/float64 at AVX2 and AVX-512, any: (262144, 64) float32, 2
+ * threads, y aligned, took 0.86x the time at AVX-512 (float64 0.69x, rms
+ * 0.88x, fused add 0.79x), 0.70x to 0.77x at AVX2 (float64 0.65x, rms 0.78x,
+ * fused add 0.73x; (65536, 256) 0.59x, 1 thread 0.58x).  (An earlier
+ * measurement had AVX2 at 1.09x, when streaming began at y's first 32-byte
+ * vector rather than its first line: see LN_STREAMED_SPAN.)  Elsewhere rows
+ * of 2 KB: (262144, 64) took 1.04x at the baseline (four stores a line),
+ * float16 1.07x at AVX2 and 1.03x at AVX-512, bfloat16 1.02x to 1.03x; rows
+ * of 2 KB gained: (32768, 512) float32 0.98x at the baseline, (16384, 1024)
  * float16 0.89x to 0.94x at AVX-512, 0.87x at AVX2, bfloat16 0.92x to 0.96x
  * at AVX-512.  bfloat16 at AVX2, bound by its rounding, streams in pairs of
  * vectors (STREAMV2, one NaN test): (16384, 1024) 0.94x to 0.95x the time of
  * not streaming, (64, 262144) 0.87x to 0.88x; with y 16 bytes off a line
  * 1.01x to 1.05x and 0.87x.  (The long-row split streams by ln_stream_rows
  * alone: without streaming, bfloat16 (1, 16777216) took 1.17x at AVX2.) */
-#if LN_VECTOR_BYTES == 64 && (LN_DT == LN_DT_FLOAT32 || LN_DT == LN_DT_FLOAT64)
+#if LN_VECTOR_BYTES >= 32 && (LN_DT == LN_DT_FLOAT32 || LN_DT == LN_DT_FLOAT64)
 #define STREAMED_ROW_MIN_BYTES 0
+#define STAGES_ROWS 1      /* see stage_row_outputs */
 #else
 #define STREAMED_ROW_MIN_BYTES 2048
+#define STAGES_ROWS 0
 #endif
 /* Whether the fused add's sum streams along with y (memory_plan.sum).  Not
  * bfloat16 at AVX2: recomputing the rounded x + residual in both passes
@@ -61,20 +66,20 @@ static inline int stream_row_outputs(const void *y, int64_t rows, int64_t cols, 
 /* Rows shorter than 4 KB, of whole lines, that stream_row_outputs does not
  * stream because y is off a line: each row group is normalized into an L1
  * buffer with the ordinary stores (the same bits) and streamed from there as
- * one span, whose only partly written lines are its two ends.  Measured with
- * y 16 bytes off a line (numpy.empty's usual address), 2 threads, AVX-512:
- * (262144, 64) float32 0.82x to 0.87x the time, float64 0.77x; rows not of
- * whole lines lost ((65536, 250) 1.04x to 1.05x), so they are not staged.
- * Staging at the other levels and dtypes, each line streamed whole from the
- * buffer, lost too: AVX2 float32 1.21x, baseline 1.17x to 1.24x, AVX-512
- * float16 1.00x to 1.04x. */
+ * one span, whose only partly written lines are its two ends.  float32 and
+ * float64 at AVX2 and AVX-512.  Measured with y 16 bytes off a line
+ * (numpy.empty's usual address), 2 threads: AVX-512 (262144, 64) float32
+ * 0.82x to 0.87x the time, float64 0.77x; AVX2 (262144, 64) 0.93x,
+ * (65536, 256) 0.76x, float64 (131072, 64) 0.78x, the fused add 0.94x (1
+ * thread 1.03x).  Rows not of whole lines lost ((65536, 250) 1.04x to 1.05x
+ * at AVX-512), so they are not staged.  At the baseline staging lost (1.17x
+ * to 1.24x), and at AVX-512 float16 (1.00x to 1.04x). */
 #define LN_STAGED_BYTES (LN_ROW_GROUP * 4096)
 static inline int stage_row_outputs(const void *y, int64_t rows, int64_t cols, int arrays)
 {
     const int64_t row_bytes = cols * (int64_t)sizeof(E);
-    return LN_CAN_STREAM && VL * (int64_t)sizeof(E) == 64 && arrays * rows * row_bytes >= LN_STREAM_MIN_BYTES
-           && row_bytes < 4096 && row_bytes % 64 == 0 && (uintptr_t)y % sizeof(E) == 0
-           && !stream_row_outputs(y, rows, cols, arrays);
+    return LN_CAN_STREAM && STAGES_ROWS && arrays * rows * row_bytes >= LN_STREAM_MIN_BYTES && row_bytes < 4096
+           && row_bytes % 64 == 0 && (uintptr_t)y % sizeof(E) == 0 && !stream_row_outputs(y, rows, cols, arrays);
 }
 
 /* While a row group is normalized, each of its rows prefetches the same row
