@@ -15,16 +15,20 @@
 
 #define LN_MAX_PARTIALS (1 << 21)
 
-/* Stream dx (the call moves x, dy and dx; see ln_stream_rows)?  Where one
- * vector store fills a whole line (AVX-512 float32/float64) and every column
- * row starts on a line.  NCHW, 2 threads, AVX-512: (32, 64, 56, 56) 0.86x
- * to 0.87x the time (float64 0.85x), (16, 64, 56, 56) 0.80x, (8, 256, 64,
- * 64) 0.92x.  At AVX2 (two stores a line) (32, 64, 56, 56) took 1.13x. */
+/* Stream dx (the call moves x, dy and dx; see ln_stream_rows)?  When every
+ * column row starts on a line.  NCHW, 2 threads, against not streaming:
+ * AVX-512 (32, 64, 56, 56) 0.86x to 0.87x the time (float64 0.85x),
+ * (16, 64, 56, 56) 0.80x, (8, 256, 64, 64) 0.92x; AVX2 (32, 64, 56, 56)
+ * 0.88x (1 thread 0.87x, float64 0.90x), (16, 64, 56, 56) 0.88x; baseline
+ * 0.96x (1 thread 0.93x), (16, 64, 56, 56) 0.87x; float16 0.91x at AVX-512,
+ * 0.92x at AVX2, bfloat16 0.95x at AVX-512 (at AVX2 not streamed:
+ * ln_stream_columns).  (AVX2 took
+ * 1.13x when measured before the second pass prefetched the next column.) */
 static inline int dx_streamed(const ln_backward_args *a)
 {
     const int arrays_moved = 3;
     const int64_t bytes = a->layout.outer * a->layout.reduce * a->layout.inner * (int64_t)sizeof(E);
-    return VL * (int64_t)sizeof(E) == 64 && ln_stream_columns(a->dx, a->layout.inner, bytes, arrays_moved);
+    return ln_stream_columns(a->dx, a->layout.inner, bytes, arrays_moved);
 }
 
 typedef struct {

@@ -68,7 +68,7 @@ static inline __attribute__((always_inline)) void forward_columns(const ln_forwa
                 const int64_t p = at + k * VL;
                 V v;
                 if (stream_sum) {
-                    v = LOADV(x + p) + LOADV(residual + p);
+                    v = load_or_sum(x, residual, p);   /* rounded to E, as the stored sum is */
                     STREAMV(sum_out + p, v);
                 } else {
                     if (residual) STOREV(sum_out + p, LOADV(x + p) + LOADV(residual + p));
@@ -134,7 +134,7 @@ static inline __attribute__((always_inline)) void forward_columns(const ln_forwa
         const V b = vbroadcast(bias ? param_1(bias, storage, r) : 0);
         for (int k = 0; k < vectors; k++) {
             const int64_t p = at + k * VL;
-            const V data = stream_sum ? LOADV(x + p) + LOADV(residual + p) : LOADV(src + p);
+            const V data = stream_sum ? load_or_sum(x, residual, p) : LOADV(src + p);
             const V c = (data - shift[k]) - vlo[k];
             /* the multiply-add written out, as in forward_positions: left to
              * the compiler, the two contracted differently when there is no
@@ -152,21 +152,24 @@ static inline __attribute__((always_inline)) void forward_columns(const ln_forwa
  * bytes?  When every column row starts on a line and the arrays the call
  * moves (x and y; the fused add's x, residual, sum and y) together reach
  * LN_STREAM_MIN_BYTES (the outputs would not stay cached anyway), as
- * ln_stream_rows counts them.  Where one vector store fills a whole line
- * (AVX-512 float32/float64): NCHW (32, 64, 56, 56), 2 threads: forward
- * 0.90x the time, RMS 0.91x, float64 0.93x; the fused add, whose sum is then
- * streamed too and x + residual recomputed in the second pass (as
- * forward_rows does), 0.90x, float64 0.85x.  Counting the fused add's four
- * arrays (it counted two before): (12, 64, 56, 56) 0.88x, add_rms 0.84x,
- * (16, 64, 56, 56) 0.93x.  At AVX2 (two stores a line) the forward took
- * 1.28x, so only the fused add streams there: (32, 64, 56, 56) 0.90x,
- * float64 0.92x, add_rms 0.91x, (16, 64, 56, 56) 0.90x (float16, a quarter
- * line a store, 1.00x: not streamed). */
+ * ln_stream_rows counts them; the fused add's sum is then streamed too and
+ * x + residual recomputed in the second pass (as forward_rows does).  NCHW
+ * (32, 64, 56, 56), 2 threads, against not streaming:
+ * - AVX-512 float32: forward 0.90x the time, RMS 0.91x, float64 0.93x; the
+ *   fused add 0.90x, float64 0.85x, (12, 64, 56, 56) 0.88x, add_rms 0.84x;
+ * - AVX2 float32: forward 0.93x (1 thread 0.91x, out= 16 bytes off a line
+ *   0.95x), RMS 0.82x to 0.88x, float64 0.99x; the fused add 0.90x, float64
+ *   0.92x, add_rms 0.91x;
+ * - baseline float32: forward 0.88x (1 thread 0.89x), RMS 0.83x, float64
+ *   0.93x; the fused add 0.67x, (16, 64, 56, 56) 0.53x;
+ * - float16 at AVX-512 and AVX2, bfloat16 at AVX-512: forward 0.96x to
+ *   1.01x, the fused add 0.71x to 0.78x (bfloat16 at AVX2: ln_stream_columns).
+ * (The forward took 1.28x at AVX2 and float16 1.00x when measured before
+ * the second pass prefetched the next column (ln_prefetch_next_column), so
+ * only AVX-512 and the fused add streamed then.) */
 static inline int stream_columns(const ln_forward_args *a, const void *out, int64_t inner, int64_t bytes)
 {
-    const int64_t store_bytes = VL * (int64_t)sizeof(E);
-    const int stores_fill_lines = store_bytes == 64 || (a->residual && store_bytes == 32 && sizeof(E) == sizeof(C));
-    return stores_fill_lines && ln_stream_columns(out, inner, bytes, ln_forward_arrays_moved(a));
+    return ln_stream_columns(out, inner, bytes, ln_forward_arrays_moved(a));
 }
 
 /* The positions at a tile's end that fill no whole vector: forward_columns'
