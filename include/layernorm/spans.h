@@ -3,17 +3,9 @@
 #ifndef LAYERNORM_SPANS_H
 #define LAYERNORM_SPANS_H
 
-/* Store VALUE(i) (a V expression in i) at y + i for i in [0, n), with
- * streaming stores on y's whole 64-byte lines (n at least 2 * VL; see
- * ln_stream_rows).  The elements before the first whole line and after the
- * last are computed before any store (the inputs may be y) and stored at the
- * end with ordinary stores: a line that is partly streamed and partly stored
- * is fetched back (AVX2 float32 (16384, 1024) with y 16 bytes off a line,
- * when the streaming began at y's first 32-byte vector: 1.02x to 1.10x the
- * time of a copy, against 0.83x with y on a line).  Every element gets the
- * vector arithmetic, as in the unstreamed loops. */
 /* VALUE(i) streamed at y + i for i in [begin, end), whole lines; in pairs of
- * vectors where the storage type narrows two at once (LN_HAS_STOREV2) */
+ * vectors where the storage type narrows two at once (LN_HAS_STOREV2; a line
+ * then holds whole pairs: two at AVX2 bfloat16, the one level that streams them) */
 #ifdef LN_HAS_STOREV2
 #define LN_STREAM_LINES(y, begin, end, VALUE)                                                       \
     for (i = (begin); i < (end);) {                                                                 \
@@ -27,6 +19,15 @@
 #define LN_STREAM_LINES(y, begin, end, VALUE) for (i = (begin); i < (end); i += VL) STREAMV((y) + i, (VALUE))
 #endif
 
+/* Store VALUE(i) (a V expression in i) at y + i for i in [0, n), with
+ * streaming stores on y's whole 64-byte lines (n at least 2 * VL; see
+ * ln_stream_rows).  The elements before the first whole line and after the
+ * last are computed before any store (the inputs may be y) and stored at the
+ * end with ordinary stores: a line that is partly streamed and partly stored
+ * is fetched back (AVX2 float32 (16384, 1024) with y 16 bytes off a line,
+ * when the streaming began at y's first 32-byte vector: 1.02x to 1.10x the
+ * time of a copy, against 0.83x with y on a line).  Every element gets the
+ * vector arithmetic, as in the unstreamed loops. */
 #define LN_STREAMED_SPAN(y, n, VALUE)                                                               \
     do {                                                                                            \
         /* the elements before y's first whole line (y is aligned to sizeof(E)), and the end of     \

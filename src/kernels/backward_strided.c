@@ -22,8 +22,8 @@
  * 0.88x (1 thread 0.87x, float64 0.90x), (16, 64, 56, 56) 0.88x; baseline
  * 0.96x (1 thread 0.93x), (16, 64, 56, 56) 0.87x; float16 0.91x at AVX-512,
  * 0.92x at AVX2, bfloat16 0.95x at AVX-512 (at AVX2 not streamed:
- * ln_stream_columns).  (AVX2 took
- * 1.13x when measured before the second pass prefetched the next column.) */
+ * ln_stream_columns).  (AVX2 took 1.13x when measured before the second
+ * pass prefetched the next column.) */
 static inline int dx_streamed(const ln_backward_args *a)
 {
     const int arrays_moved = 3;
