@@ -153,7 +153,7 @@ def test_streamed_parameter_gradients_of_one_long_row(simd, rng):
 @pytest.mark.parametrize("dtype", ALL_DTYPES)
 def test_streamed_strided_fused_add_has_the_bits_of_small_calls(simd, rng, dtype):
     """Over the middle axis, the fused add counts its four arrays: sums of
-    8 MB are streamed (also at AVX2), with the bits of a call on two outer
+    8 MB are streamed (where the level streams them), with the bits of a call on two outer
     slices, in place on the residual too."""
     shape = (FUSED_ADD_OUTPUT_BYTES // (64 * 4096 * np.dtype(dtype).itemsize), 64, 4096)
     x = (rng.standard_normal(shape) + 5.0).astype(dtype)

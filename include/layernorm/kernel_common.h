@@ -676,8 +676,8 @@ static inline int ln_forward_arrays_moved(const ln_forward_args *a)
  * 16 bytes off a line (numpy.empty's usual address) the forward on
  * (262144, 64) float32 took 1.05x the time, with y aligned 0.86x (2 threads,
  * AVX-512); the backward 0.73x at AVX-512, 0.65x at AVX2, 0.83x at the
- * baseline.  (The forward streams rows under 2 KB at AVX-512 float32/float64
- * only: see forward_rows.c.) */
+ * baseline.  (The forward streams rows under 2 KB at AVX2 and AVX-512
+ * float32/float64 only: see forward_rows.c.) */
 static inline int ln_stream_rows(const void *y, int64_t rows, int64_t cols, int arrays)
 {
     const int64_t row_bytes = cols * (int64_t)sizeof(E);
@@ -686,18 +686,23 @@ static inline int ln_stream_rows(const void *y, int64_t rows, int64_t cols, int 
            && (row_bytes >= 4096 || (uintptr_t)y % 64 == 0);
 }
 
+/* bfloat16 at AVX2 rounds with integer operations (AVX2 has no bfloat16
+ * conversion), which bound its kernels more than their memory traffic does:
+ * some streaming that pays elsewhere does not pay there (ln_stream_columns,
+ * and the fused add's sum in forward_rows.c). */
+#define LN_ROUNDING_BOUND (LN_VECTOR_BYTES == 32 && LN_DT == LN_DT_BFLOAT16)
+
 /* Stream a strided-layout output at `out` ([outer][reduce][inner], `bytes`
  * bytes), when the call moves `arrays` arrays of its size (as
  * ln_stream_rows counts them)?  Every column row must start on a line, so
- * that whole vectors are streamed.  Not bfloat16 at AVX2, bound by its
- * rounding: NCHW (32, 64, 56, 56), 2 threads, streamed against not, forward
- * 1.00x the time, backward 1.01x, the fused add 1.12x (1.01x to 1.05x with
- * its sum stored normally).  The measurements for the others are at the
- * callers (forward_strided.c, backward_strided.c). */
+ * that whole vectors are streamed.  Not where LN_ROUNDING_BOUND: NCHW
+ * (32, 64, 56, 56), 2 threads, streamed against not, forward 1.00x the time,
+ * backward 1.01x, the fused add 1.12x (1.01x to 1.05x with its sum stored
+ * normally).  The measurements for the others are at the callers
+ * (forward_strided.c, backward_strided.c). */
 static inline int ln_stream_columns(const void *out, int64_t inner, int64_t bytes, int arrays)
 {
-    const int rounding_bound = LN_VECTOR_BYTES == 32 && LN_DT == LN_DT_BFLOAT16;
-    return LN_CAN_STREAM && !rounding_bound && (uintptr_t)out % 64 == 0 && inner * (int64_t)sizeof(E) % 64 == 0
+    return LN_CAN_STREAM && !LN_ROUNDING_BOUND && (uintptr_t)out % 64 == 0 && inner * (int64_t)sizeof(E) % 64 == 0
            && arrays * bytes >= LN_STREAM_MIN_BYTES;
 }
 

@@ -50,14 +50,10 @@ typedef struct {
 #define STAGES_ROWS 0
 #endif
 /* Whether the fused add's sum streams along with y (memory_plan.sum).  Not
- * bfloat16 at AVX2: recomputing the rounded x + residual in both passes
- * costs more than the sum's read-for-ownership, (16384, 1024) took 2.04x the
- * time of streaming y alone. */
-#if LN_VECTOR_BYTES == 32 && LN_DT == LN_DT_BFLOAT16
-#define SUM_STREAMS 0
-#else
-#define SUM_STREAMS 1
-#endif
+ * where LN_ROUNDING_BOUND: recomputing the rounded x + residual in both
+ * passes costs more than the sum's read-for-ownership, bfloat16 (16384, 1024)
+ * at AVX2 took 2.04x the time of streaming y alone. */
+#define SUM_STREAMS (!LN_ROUNDING_BOUND)
 static inline int stream_row_outputs(const void *y, int64_t rows, int64_t cols, int arrays)
 {
     return ln_stream_rows(y, rows, cols, arrays) && cols * (int64_t)sizeof(E) >= STREAMED_ROW_MIN_BYTES;
