@@ -31,23 +31,26 @@
 
 typedef struct { double sum_g, sum_g_xhat; } row_sums;
 
-/* Half-precision row groups prefetch the next group's x and dy rows (into
- * L2: a group and its successor do not fit in L1 together) while their dx
- * pass runs from the caches: their first pass, with its conversions, waits
- * on memory longer than float32's.  The same bits.  A/B
- * (bench/compare_builds.py), 2 threads, AVX-512 unless stated: float16
- * (16384, 1024) 0.81x to 0.82x the time (AVX2 0.79x), (32768, 512) 0.79x,
- * (4096, 768) 0.93x to 1.00x; bfloat16 (16384, 1024) 0.81x to 0.88x.
- * Not for rows under 1 KB (bfloat16 (65536, 256) took 1.07x, float16
- * (262144, 64) 1.09x to 1.12x) or calls under 8 MB of inputs (in the L3 in
- * a loop).  Not for float32: (4096, 768) took 0.94x, but (2048, 768) 1.04x,
- * (4096, 1024) 1.08x and (16384, 1024) 1.06x. */
+/* Row groups prefetch the next group's x and dy rows (into L2: a group and
+ * its successor do not fit in L1 together) while their dx pass runs from the
+ * caches.  The same bits.  A/B (bench/compare_builds.py), 2 threads,
+ * AVX-512 unless stated: float16 (16384, 1024) 0.81x to 0.82x the time
+ * (AVX2 0.79x), (32768, 512) 0.79x, (4096, 768) 0.93x to 1.00x; bfloat16
+ * (16384, 1024) 0.81x to 0.88x.  Not for rows under 1 KB (bfloat16
+ * (65536, 256) took 1.07x, float16 (262144, 64) 1.09x to 1.12x) or calls
+ * under 8 MB of inputs.  float32 and float64 only while the inputs are
+ * under LN_STREAM_MIN_BYTES, where a loop finds them in the L3: (4096, 768)
+ * 0.87x (AVX2 0.83x, baseline 0.84x), (2048, 768) 0.83x, (6144, 512) 0.81x,
+ * (3072, 1024) 0.94x, (2048, 1024) 0.97x, float64 (2048, 768) 0.87x; from
+ * memory, where their first pass keeps up without it, it lost: (16384, 1024)
+ * 1.03x (AVX2 1.06x, baseline 1.14x), (8192, 768) 1.06x, (4096, 1024)
+ * 1.03x.  (Measured with dx stored a line per step, see dx_group.) */
 #define LN_BACKWARD_PREFETCH_LOCALITY 1
 static inline int prefetch_row_groups(const ln_backward_args *a)
 {
-    const int64_t row_bytes = a->layout.reduce * (int64_t)sizeof(E);
-    return (LN_DT == LN_DT_FLOAT16 || LN_DT == LN_DT_BFLOAT16) && row_bytes >= 1024
-           && 2 * a->layout.outer * row_bytes >= ((int64_t)8 << 20);
+    const int64_t row_bytes = a->layout.reduce * (int64_t)sizeof(E), inputs = 2 * a->layout.outer * row_bytes;
+    const int half = LN_DT == LN_DT_FLOAT16 || LN_DT == LN_DT_BFLOAT16;
+    return row_bytes >= 1024 && inputs >= ((int64_t)8 << 20) && (half || inputs < LN_STREAM_MIN_BYTES);
 }
 
 static inline V grad_in(const void *weight, int storage, const E *dy, int64_t i)
