@@ -31,26 +31,27 @@
 
 typedef struct { double sum_g, sum_g_xhat; } row_sums;
 
-/* Row groups prefetch the next group's x and dy rows (into L2: a group and
- * its successor do not fit in L1 together) while their dx pass runs from the
- * caches.  The same bits.  A/B (bench/compare_builds.py), 2 threads,
- * AVX-512 unless stated: float16 (16384, 1024) 0.81x to 0.82x the time
- * (AVX2 0.79x), (32768, 512) 0.79x, (4096, 768) 0.93x to 1.00x; bfloat16
- * (16384, 1024) 0.81x to 0.88x.  Not for rows under 1 KB (bfloat16
- * (65536, 256) took 1.07x, float16 (262144, 64) 1.09x to 1.12x) or calls
- * under 8 MB of inputs.  float32 and float64 only while the inputs are
- * under LN_STREAM_MIN_BYTES, where a loop finds them in the L3: (4096, 768)
- * 0.87x (AVX2 0.83x, baseline 0.84x), (2048, 768) 0.83x, (6144, 512) 0.81x,
- * (3072, 1024) 0.94x, (2048, 1024) 0.97x, float64 (2048, 768) 0.87x; from
- * memory, where their first pass keeps up without it, it lost: (16384, 1024)
- * 1.03x (AVX2 1.06x, baseline 1.14x), (8192, 768) 1.06x, (4096, 1024)
- * 1.03x.  (Measured with dx stored a line per step, see dx_group.) */
+/* Row groups of rows of 1 KB or more prefetch the next group's x and dy
+ * rows (into L2: a group and its successor do not fit in L1 together) while
+ * their dx pass runs from the caches, in the order the next first pass reads
+ * them (see dx_column_vectors).  The same bits.  A/B
+ * (bench/compare_builds.py), 2 threads, AVX-512 unless stated, against no
+ * prefetch: float32 (16384, 1024) 0.94x the time (AVX2 0.88x, baseline
+ * 0.91x), (32768, 512) 0.78x, (65536, 256) 0.76x, (8192, 768) 0.82x,
+ * (4096, 4096) 0.85x, (4096, 768) 0.83x to 0.87x (AVX2 0.83x, baseline
+ * 0.84x); float64 (8192, 1024) 0.84x.  The next group's rows prefetched
+ * column by column instead, as the dx pass reads its own, lost for float32
+ * from memory ((16384, 1024) 1.03x to 1.14x); against that, float16
+ * (16384, 1024) took 0.89x (AVX2 0.88x), bfloat16 0.84x, float32
+ * (4096, 768) 0.98x.
+ * Shorter rows gained nothing ((262144, 64) float32 1.04x, float16 1.03x,
+ * AVX2 float32 0.92x; bfloat16 (65536, 256) 0.99x), and calls under 8 MB
+ * of inputs are left alone. */
 #define LN_BACKWARD_PREFETCH_LOCALITY 1
 static inline int prefetch_row_groups(const ln_backward_args *a)
 {
     const int64_t row_bytes = a->layout.reduce * (int64_t)sizeof(E), inputs = 2 * a->layout.outer * row_bytes;
-    const int half = LN_DT == LN_DT_FLOAT16 || LN_DT == LN_DT_BFLOAT16;
-    return row_bytes >= 1024 && inputs >= ((int64_t)8 << 20) && (half || inputs < LN_STREAM_MIN_BYTES);
+    return row_bytes >= 1024 && inputs >= ((int64_t)8 << 20);
 }
 
 static inline V grad_in(const void *weight, int storage, const E *dy, int64_t i)
@@ -225,10 +226,13 @@ static inline __attribute__((always_inline)) void dx_column_vectors(const E *x, 
                                                                    const void *weight, int storage, const group_sink *sink,
                                                                    int stream, int64_t prefetch_rows)
 {
-    for (int64_t g = 0; g < prefetch_rows; g++) {
-        const int64_t at = (count + g) * cols + i;    /* the next group's rows */
-        __builtin_prefetch(x + at, 0, LN_BACKWARD_PREFETCH_LOCALITY);
-        __builtin_prefetch(dy + at, 0, LN_BACKWARD_PREFETCH_LOCALITY);
+    if (prefetch_rows) {
+        /* the next group's rows in order, as many lines as this step reads */
+        const int64_t from = count * cols + i * prefetch_rows, to = from + vectors * VL * prefetch_rows;
+        for (int64_t at = from; at < to; at += 64 / (int64_t)sizeof(E)) {
+            __builtin_prefetch(x + at, 0, LN_BACKWARD_PREFETCH_LOCALITY);
+            __builtin_prefetch(dy + at, 0, LN_BACKWARD_PREFETCH_LOCALITY);
+        }
     }
     V w[LN_DX_MAX_VECTORS], acc_w[LN_DX_MAX_VECTORS], acc_b[LN_DX_MAX_VECTORS];
     for (int k = 0; k < vectors; k++) {
