@@ -48,6 +48,8 @@ typedef float C;
 #endif
 
 #define VL ((int64_t)(LN_VECTOR_BYTES / sizeof(C)))
+/* Storage-type elements in a 64-byte cache line. */
+#define LN_LINE_ELEMENTS ((int64_t)(64 / sizeof(E)))
 typedef C V __attribute__((vector_size(LN_VECTOR_BYTES)));
 
 static inline __attribute__((always_inline)) V vbroadcast(C c) { return (V){0} + c; }

@@ -32,13 +32,12 @@
     do {                                                                                            \
         /* the elements before y's first whole line (y is aligned to sizeof(E)), and the end of     \
          * the last whole line */                                                                   \
-        const int64_t line_ = 64 / (int64_t)sizeof(E);                                              \
         int64_t skip_ = (int64_t)((64 - (uintptr_t)(y) % 64) % 64) / (int64_t)sizeof(E);           \
         if (skip_ > (n)) skip_ = (n);                                                               \
-        const int64_t end_ = skip_ + ((n) - skip_) / line_ * line_;                                 \
+        const int64_t end_ = skip_ + ((n) - skip_) / LN_LINE_ELEMENTS * LN_LINE_ELEMENTS;           \
         /* head_[j] holds element j, tail_[VL + j] element end_ + j; the last vector of each is     \
          * moved back to end at n, so that no vector reads past the span */                         \
-        E head_[64 / sizeof(E) + VL], tail_[64 / sizeof(E) + 2 * VL];                               \
+        E head_[LN_LINE_ELEMENTS + VL], tail_[LN_LINE_ELEMENTS + 2 * VL];                           \
         int64_t i;                                                                                  \
         for (int64_t at_ = 0; at_ < skip_; at_ += VL) {                                             \
             i = at_ + VL <= (n) ? at_ : (n) - VL;                                                   \

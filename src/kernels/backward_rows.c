@@ -214,7 +214,7 @@ static inline void sink_1(const group_sink *s, int64_t i, C w, C b)
 /* Storage-type vectors in a 64-byte line of dx, and the most that a column
  * step of dx_group takes (four: a whole line but for float16/bfloat16 at
  * the baseline, which does not stream). */
-#define LN_LINE_VECTORS (64 / (VL * (int64_t)sizeof(E)))
+#define LN_LINE_VECTORS (LN_LINE_ELEMENTS / VL)
 #define LN_DX_MAX_VECTORS (LN_LINE_VECTORS < 4 ? LN_LINE_VECTORS : 4)
 
 /* dx of `vectors` (at most LN_DX_MAX_VECTORS) adjacent column vectors at i
@@ -229,7 +229,7 @@ static inline __attribute__((always_inline)) void dx_column_vectors(const E *x, 
     if (prefetch_rows) {
         /* the next group's rows in order, as many lines as this step reads */
         const int64_t from = count * cols + i * prefetch_rows, to = from + vectors * VL * prefetch_rows;
-        for (int64_t at = from; at < to; at += 64 / (int64_t)sizeof(E)) {
+        for (int64_t at = from; at < to; at += LN_LINE_ELEMENTS) {
             __builtin_prefetch(x + at, 0, LN_BACKWARD_PREFETCH_LOCALITY);
             __builtin_prefetch(dy + at, 0, LN_BACKWARD_PREFETCH_LOCALITY);
         }
@@ -255,6 +255,9 @@ static inline __attribute__((always_inline)) void dx_column_vectors(const E *x, 
             acc_w[k] = vmuladd(d, xhat, acc_w[k]);
             acc_b[k] += d;
         }
+        /* several vectors: stored here (the test in each loop, not one `if`
+         * around both: that compiled differently and bfloat16 (16384, 1024)
+         * at AVX2 took 1.07x the time) */
         E *const out = dx + g * cols + i;
         int k = 0;
 #ifdef LN_HAS_STOREV2
