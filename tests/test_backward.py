@@ -45,15 +45,17 @@ def test_against_finite_differences(rng, shape, axes, with_weight):
 
 
 @pytest.mark.parametrize("dtype", [FLOAT32, FLOAT64], ids=str)
-@pytest.mark.parametrize("shape, axis", [((7, 1000), -1), ((3, 4097), -1), ((2, 64, 9), 1),
+@pytest.mark.parametrize("shape, axis", [((7, 1000), -1), ((40, 1024), -1), ((13, 2048), -1), ((10, 8192), -1),
+                                         ((3, 4097), -1), ((2, 64, 9), 1),
                                          ((4, 6, 5, 33), (1, 2)), ((5, 8, 3), (0, 2)),
                                          ((1, 50000), -1), ((20, 20001), -1), ((3, 1 << 19), -1),
                                          ((2, 130, 300), 1)])
 def test_kernel_paths(simd, rng, dtype, shape, axis):
-    """Row, strided, transposed and long-row layouts (long rows: one group of
-    rows, several groups summed in float64, several summed in place; strided:
-    columns of 16, 4 and 1 vectors and single positions, reduce sums over
-    several chunks of rows)."""
+    """Row, strided, transposed and long-row layouts (rows: row groups whose
+    dx runs in steps of rows, rows a multiple of 4 KB apart in shorter steps
+    than a group; long rows: one group of rows, several groups summed in
+    float64, several summed in place; strided: columns of 16, 4 and 1 vectors
+    and single positions, reduce sums over several chunks of rows)."""
     x = random_array(rng, shape, dtype, offset=3.0)
     dy = random_array(rng, shape, dtype)
     weight = random_params(rng, param_shape(shape, axis), dtype)[0]

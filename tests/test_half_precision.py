@@ -18,7 +18,7 @@ from conftest import (FLOAT32, HALF_DTYPES, assert_matches_reference, assert_wit
 pytestmark = pytest.mark.parametrize("dtype", HALF_DTYPES)
 
 CASES = [((5, 37), -1), ((3, 1000), -1), ((2, 16, 33), 1), ((4, 6, 5), (0, 2)), ((3, 4, 5), (1, 2)),
-         ((1, 70000), -1), ((600, 64), -1)]
+         ((1, 70000), -1), ((600, 64), -1), ((13, 2048), -1)]
 WEIGHTS = ["none", "float32", "same"]
 
 

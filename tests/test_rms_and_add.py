@@ -122,7 +122,7 @@ def test_rms_backward_every_axis_set(simd, rng, shape, axes, dtype, with_weight)
 
 
 @pytest.mark.parametrize("dtype", FLOATS, ids=str)
-@pytest.mark.parametrize("shape, axis", [((5, 1000), -1), ((2, 33, 17), 1), ((1, 70000), -1),
+@pytest.mark.parametrize("shape, axis", [((5, 1000), -1), ((13, 2048), -1), ((2, 33, 17), 1), ((1, 70000), -1),
                                          ((4, 6, 5), (0, 2)), ((65536, 4), -1)])
 def test_rms_backward_kernel_paths(simd, rng, dtype, shape, axis):
     x = random_array(rng, shape, dtype, offset=1.0)

@@ -53,6 +53,13 @@ typedef float C;
 typedef C V __attribute__((vector_size(LN_VECTOR_BYTES)));
 
 static inline __attribute__((always_inline)) V vbroadcast(C c) { return (V){0} + c; }
+/* c in every lane, exactly (c - (+0) is c for every c, -0 included, so GCC
+ * drops the subtraction), for an inner loop's per-row constants: GCC then
+ * broadcasts c from memory inside the instruction that uses it, where for
+ * vbroadcast's 0 + c (-0 becomes +0) it kept an add and a register broadcast
+ * at every use (the backward's dx).  vbroadcast stays as it was elsewhere:
+ * its uses are outside inner loops, and changing it changes every kernel. */
+static inline __attribute__((always_inline)) V vsplat(C c) { return c - (V){0}; }
 static inline __attribute__((always_inline)) V vload_c(const C *p) { V v; memcpy(&v, p, sizeof v); return v; }
 static inline __attribute__((always_inline)) void vstore_c(C *p, V v) { memcpy(p, &v, sizeof v); }
 /* p[0, VL) += v in float64 (or = v, when first).  Written in native-width
@@ -73,11 +80,25 @@ static inline void vd_add_half(double *p, VDN v, int first)
 #else
 #define LN_WIDE_PARTS 2
 #endif
+#if defined(__x86_64__) || defined(__i386__)
+#include <immintrin.h>
+#endif
 static inline VDN v_widened(V v, int part)
 {
 #if LN_DT == LN_DT_FLOAT64
     (void)part;
     return v;
+#elif (defined(__x86_64__) || defined(__i386__)) && (LN_VECTOR_BYTES == 64 || LN_VECTOR_BYTES == 32 || defined(__SSE2__))
+    /* one conversion instruction per part: GCC compiled the generic
+     * conversion below in quarters (AVX-512), or through the stack (AVX2) */
+#if LN_VECTOR_BYTES == 64
+    const __m512d whole = _mm512_castps_pd((__m512)v);
+    return (VDN)_mm512_cvtps_pd(part ? _mm256_castpd_ps(_mm512_extractf64x4_pd(whole, 1)) : _mm512_castps512_ps256((__m512)v));
+#elif LN_VECTOR_BYTES == 32
+    return (VDN)_mm256_cvtps_pd(part ? _mm256_extractf128_ps((__m256)v, 1) : _mm256_castps256_ps128((__m256)v));
+#else
+    return (VDN)_mm_cvtps_pd(part ? _mm_movehl_ps((__m128)v, (__m128)v) : (__m128)v);
+#endif
 #else
     typedef float VFH __attribute__((vector_size(LN_VECTOR_BYTES / 2)));
 #if LN_VECTOR_BYTES == 64

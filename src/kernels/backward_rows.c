@@ -19,6 +19,27 @@
 /* Rows whose dx pass runs column by column together (their dweight/dbias
  * sums stay in registers, in the compute type, then go to float64). */
 #define LN_GROUP 8
+/* ... in steps of fewer rows where rows are a multiple of 4 KB apart: a
+ * column's lines of all the rows of a step then fall in one set of the
+ * 8-way L1, and 8 rows of x and dy (16 lines) evicted each other at every
+ * column.  Each step adds its dweight/dbias sums to a compute-type carry,
+ * and the group's last step takes them on to float64.  A/B against steps of
+ * 8 rows (bench/compare_builds.py), 2 threads: (16384, 1024) float32 0.82x
+ * the time at AVX-512, 0.80x at AVX2, 0.84x at the baseline; (8192, 2048)
+ * 0.82x at AVX2; float64 (8192, 1024) 0.67x; the long-row path's
+ * (2048, 8192) 0.87x (AVX2 0.91x).  1 thread, in cache, x, dy and dx at
+ * one page offset (as numpy.empty places large arrays): (48, 1024) 0.90x
+ * at AVX-512, 0.86x at AVX2, 0.97x at the baseline; (24, 2048) 0.90x,
+ * 0.85x, 0.92x.  (With the three arrays 1 KB apart in their pages, 8 rows
+ * did not conflict and the baseline's steps of 4 took 1.08x.)  Not for
+ * rows 2 KB apart ((32768, 512) 1.04x from memory), nor 16-row groups in
+ * steps of 8 (0.86x to 0.94x in cache, but (4096, 768) 1.08x and
+ * (32768, 512) 1.04x from memory). */
+#define LN_DX_ROWS_4K 4
+static inline int64_t dx_step_rows(int64_t cols)
+{
+    return cols * (int64_t)sizeof(E) % 4096 == 0 ? LN_DX_ROWS_4K : LN_GROUP;
+}
 /* ... fewer for long rows: a group holds at most this many elements per array. */
 #define LN_GROUP_ELEMENTS 16384
 /* Row blocks of the dweight/dbias reduction: at least this many rows each
@@ -128,7 +149,14 @@ static inline row_sums sum_row(const E *x, const E *dy, const void *weight, int 
     return total;
 }
 
-typedef struct { C mean, rstd, mean_g, mean_gx; } row_coefficients;
+/* A row's constants for dx, the means negated once here rather than at
+ * every use: GCC negated and broadcast them in registers for every vector
+ * of dx, instead of broadcasting them from memory (see vsplat).  With
+ * vsplat and the one-instruction widening of v_widened, 1 thread, in
+ * cache: (64, 768) float32 0.96x the time at AVX-512, 0.92x at AVX2;
+ * (512, 64) 0.89x and 0.92x; (128, 500) 0.93x and 0.89x.  From memory,
+ * 2 threads: (4096, 768) 1.01x, (32768, 512) 1.01x, (262144, 64) 0.96x. */
+typedef struct { C mean, rstd, neg_mean_g, neg_mean_gx; } row_coefficients;
 
 /* Stream dx (see ln_stream_rows; the call moves x, dy and dx)?  Only when
  * every vector of it is aligned: dx comes from the buffer pool, whose blocks
@@ -160,7 +188,7 @@ static inline row_coefficients coefficients(const ln_backward_args *a, int64_t r
     const int64_t cols = a->layout.reduce;
     const int rms = a->mode == LN_MODE_RMS_NORM;
     return (row_coefficients){row_mean(a, r), ((const C *)a->rstd)[r],
-                              rms ? (C)0 : (C)(s.sum_g / (double)cols), (C)(s.sum_g_xhat / (double)cols)};
+                              rms ? -(C)0 : -(C)(s.sum_g / (double)cols), -(C)(s.sum_g_xhat / (double)cols)};
 }
 
 /* Where a group's dweight/dbias column sums go, per array (dweight, dbias):
@@ -224,11 +252,11 @@ static inline void sink_1(const group_sink *s, int64_t i, C w, C b)
 static inline __attribute__((always_inline)) void dx_column_vectors(const E *x, const E *dy, E *dx, int64_t cols, int64_t count,
                                                                    const row_coefficients *c, int64_t i, const int vectors,
                                                                    const void *weight, int storage, const group_sink *sink,
-                                                                   int stream, int64_t prefetch_rows)
+                                                                   int stream, int64_t prefetch_at, int64_t prefetch_rows)
 {
     if (prefetch_rows) {
         /* the next group's rows in order, as many lines as this step reads */
-        const int64_t from = count * cols + i * prefetch_rows, to = from + vectors * VL * prefetch_rows;
+        const int64_t from = prefetch_at + i * prefetch_rows, to = from + vectors * VL * prefetch_rows;
         for (int64_t at = from; at < to; at += LN_LINE_ELEMENTS) {
             __builtin_prefetch(x + at, 0, LN_BACKWARD_PREFETCH_LOCALITY);
             __builtin_prefetch(dy + at, 0, LN_BACKWARD_PREFETCH_LOCALITY);
@@ -244,8 +272,8 @@ static inline __attribute__((always_inline)) void dx_column_vectors(const E *x, 
         for (int k = 0; k < vectors; k++) {
             const int64_t at = g * cols + i + k * VL;
             const V d = LOADV(dy + at);
-            const V xhat = (LOADV(x + at) - vbroadcast(c[g].mean)) * vbroadcast(c[g].rstd);
-            result[k] = vbroadcast(c[g].rstd) * vmuladd(xhat, vbroadcast(-c[g].mean_gx), vmuladd(d, w[k], vbroadcast(-c[g].mean_g)));
+            const V xhat = (LOADV(x + at) - vsplat(c[g].mean)) * vsplat(c[g].rstd);
+            result[k] = vsplat(c[g].rstd) * vmuladd(xhat, vsplat(c[g].neg_mean_gx), vmuladd(d, w[k], vsplat(c[g].neg_mean_g)));
             /* one vector: stored before the sums are updated (after them,
              * float32 (20, 500) at AVX-512 took 1.1x the time) */
             if (vectors == 1) {
@@ -281,7 +309,8 @@ static inline __attribute__((always_inline)) void dx_column_vectors(const E *x, 
  * (sink NULL: dweight/dbias not wanted).  With streaming, dx + begin is
  * aligned to a line (dx_streamed, LN_LONG_CHUNK). */
 static inline __attribute__((always_inline)) void dx_group(const ln_backward_args *a, int64_t first, int64_t count, const row_coefficients *c,
-                     int64_t begin, int64_t end, const group_sink *sink, int stream, int64_t prefetch_rows)
+                     int64_t begin, int64_t end, const group_sink *sink, int stream, int64_t prefetch_at,
+                     int64_t prefetch_rows)
 {
     const int64_t cols = a->layout.reduce;
     const void *weight = a->weight;
@@ -301,13 +330,13 @@ static inline __attribute__((always_inline)) void dx_group(const ln_backward_arg
      * (20, 500) float32 0.93x at AVX2, 0.84x at the baseline. */
     if (LN_DX_MAX_VECTORS > 1)
         for (; i + LN_DX_MAX_VECTORS * VL <= end; i += LN_DX_MAX_VECTORS * VL)
-            dx_column_vectors(x, dy, dx, cols, count, c, i, LN_DX_MAX_VECTORS, weight, storage, sink, stream, prefetch_rows);
+            dx_column_vectors(x, dy, dx, cols, count, c, i, LN_DX_MAX_VECTORS, weight, storage, sink, stream, prefetch_at, prefetch_rows);
 #ifdef LN_HAS_STOREV2
     for (; i + 2 * VL <= end; i += 2 * VL)
-        dx_column_vectors(x, dy, dx, cols, count, c, i, 2, weight, storage, sink, stream, prefetch_rows);
+        dx_column_vectors(x, dy, dx, cols, count, c, i, 2, weight, storage, sink, stream, prefetch_at, prefetch_rows);
 #endif
     for (; i + VL <= end; i += VL)
-        dx_column_vectors(x, dy, dx, cols, count, c, i, 1, weight, storage, sink, stream, prefetch_rows);
+        dx_column_vectors(x, dy, dx, cols, count, c, i, 1, weight, storage, sink, stream, prefetch_at, prefetch_rows);
     for (; i < end; i++) {
         const C w = weight ? param_1(weight, storage, i) : 1;
         C acc_w = 0, acc_b = 0;
@@ -315,7 +344,7 @@ static inline __attribute__((always_inline)) void dx_group(const ln_backward_arg
             const int64_t at = g * cols + i;
             const C d = LOAD1(dy + at);
             const C xhat = (LOAD1(x + at) - c[g].mean) * c[g].rstd;
-            STORE1(dx + at, c[g].rstd * smuladd(xhat, -c[g].mean_gx, smuladd(d, w, -c[g].mean_g)));
+            STORE1(dx + at, c[g].rstd * smuladd(xhat, c[g].neg_mean_gx, smuladd(d, w, c[g].neg_mean_g)));
             acc_w = smuladd(d, xhat, acc_w);
             acc_b += d;
         }
@@ -326,11 +355,13 @@ static inline __attribute__((always_inline)) void dx_group(const ln_backward_arg
 /* Row block b of a call's row blocks: its rows' sums and dx, group by group,
  * and their dweight/dbias sums into the block's float64 partial. */
 static void backward_row_block(const ln_backward_args *a, int64_t b, int64_t rows_per_block, int64_t group,
-                               double *partial, int stream, int prefetch)
+                               int64_t dx_rows, double *partial, int stream, int prefetch)
 {
     const int64_t rows = a->layout.outer, cols = a->layout.reduce;
     const int64_t first = b * rows_per_block;
     const int64_t last = first + rows_per_block < rows ? first + rows_per_block : rows;
+    /* a group of more rows than a step has fewer than this many columns */
+    C carry[2 * (LN_GROUP_ELEMENTS / LN_DX_ROWS_4K)];
     for (int64_t g0 = first; g0 < last; g0 += group) {
         const int64_t count = last - g0 < group ? last - g0 : group;
         row_coefficients c[LN_GROUP];
@@ -340,11 +371,23 @@ static void backward_row_block(const ln_backward_args *a, int64_t b, int64_t row
             c[g] = coefficients(a, r, sum_row(x, dy, a->weight, a->params_in_storage_type, cols, row_mean(a, r),
                                               ((const C *)a->rstd)[r]));
         }
-        const group_sink sink = {NULL, NULL, partial ? partial + 2 * b * cols : NULL,
-                                 partial ? partial + (2 * b + 1) * cols : NULL, 0, 1, 1, 0};
+        double *const wide_w = partial ? partial + 2 * b * cols : NULL, *const wide_b = partial ? partial + (2 * b + 1) * cols : NULL;
         const int64_t rows_after = rows - (g0 + count);
         const int64_t next_group = prefetch ? (rows_after < group ? rows_after : group) : 0;
-        dx_group(a, g0, count, c, 0, cols, partial ? &sink : NULL, stream, next_group);
+        if (count <= dx_rows) {
+            const group_sink sink = {NULL, NULL, wide_w, wide_b, 0, 1, 1, 0};
+            dx_group(a, g0, count, c, 0, cols, partial ? &sink : NULL, stream, count * cols, next_group);
+            continue;
+        }
+        /* steps of dx_rows rows: each step's dweight/dbias sums are added to
+         * carry (the compute type), and the last step's go on to float64.
+         * Each step prefetches as many rows of the next group as it has. */
+        for (int64_t s = 0; s < count; s += dx_rows) {
+            const int64_t step = count - s < dx_rows ? count - s : dx_rows, last_step = s + step == count;
+            const group_sink sink = {carry, carry + cols, last_step ? wide_w : NULL, last_step ? wide_b : NULL, 0, s == 0, last_step, 0};
+            const int64_t ahead = next_group - s, prefetch_rows = ahead < 0 ? 0 : ahead < step ? ahead : step;
+            dx_group(a, g0 + s, step, c + s, 0, cols, partial ? &sink : NULL, stream, count * cols, prefetch_rows);
+        }
     }
 }
 
@@ -360,6 +403,7 @@ static int backward_row_blocks(const ln_backward_args *a)
     blocks = (rows + rows_per_block - 1) / rows_per_block;
     /* a group's rows are read twice, so they should stay in L2 in between */
     const int64_t group = ln_rows_per_group(LN_GROUP_ELEMENTS, cols, LN_GROUP);
+    const int64_t dx_rows = dx_step_rows(cols);
     double *partial = want_params ? calloc((size_t)(2 * blocks * cols), sizeof *partial) : NULL;
     if (want_params && !partial) return LN_ERROR_NO_MEMORY;
     const int stream = dx_streamed(a);
@@ -367,7 +411,7 @@ static int backward_row_blocks(const ln_backward_args *a)
 
     if (!ln_parallel_if(rows * cols, a->num_threads)) {
         /* small call: no OpenMP region at all, its start-up costs microseconds */
-        for (int64_t b = 0; b < blocks; b++) backward_row_block(a, b, rows_per_block, group, partial, stream, prefetch);
+        for (int64_t b = 0; b < blocks; b++) backward_row_block(a, b, rows_per_block, group, dx_rows, partial, stream, prefetch);
         if (stream) ln_stream_fence();
         if (want_params) ln_sum_partials(a, partial, blocks, 0, cols);
         free(partial);
@@ -377,7 +421,7 @@ static int backward_row_blocks(const ln_backward_args *a)
     #pragma omp parallel num_threads(a->num_threads)
     {
         #pragma omp for schedule(dynamic, chunk)
-        for (int64_t b = 0; b < blocks; b++) backward_row_block(a, b, rows_per_block, group, partial, stream, prefetch);
+        for (int64_t b = 0; b < blocks; b++) backward_row_block(a, b, rows_per_block, group, dx_rows, partial, stream, prefetch);
         if (stream) ln_stream_fence();
         if (want_params) {
             ln_sum_partials_shared(a, partial, blocks);
@@ -430,6 +474,7 @@ static int backward_long_rows(const ln_backward_args *a)
     double *wide_sums = wide ? malloc((size_t)(2 * cols) * sizeof *wide_sums) : NULL;
     if (!partial || (wide && !wide_sums)) { free(partial); free(wide_sums); return LN_ERROR_NO_MEMORY; }
     row_coefficients coef[LN_GROUP];
+    const int64_t dx_rows = dx_step_rows(cols);
     const int stream = dx_streamed(a);
     /* one group of rows (a single long row, say) writes dweight/dbias once */
     const int stream_params = !wide && rows <= group && params_streamed(a);
@@ -471,9 +516,18 @@ static int backward_long_rows(const ln_backward_args *a)
                                      index < groups_per_flush};
             #pragma omp for schedule(static)
             for (int64_t chunk = 0; chunk < chunks; chunk++) {
-                const int64_t begin = chunk * LN_LONG_CHUNK;
-                dx_group(a, g0, count, coef, begin, cols - begin < LN_LONG_CHUNK ? cols : begin + LN_LONG_CHUNK,
-                         a->dweight || a->dbias ? &sink : NULL, stream, 0);
+                const int64_t begin = chunk * LN_LONG_CHUNK, end = cols - begin < LN_LONG_CHUNK ? cols : begin + LN_LONG_CHUNK;
+                /* in steps of dx_rows rows (see dx_step_rows), chained through
+                 * the running sums: the group's restart on the first step,
+                 * its flush (or streaming stores) on the last */
+                for (int64_t s = 0; s < count; s += dx_rows) {
+                    const int64_t step = count - s < dx_rows ? count - s : dx_rows, last_step = s + step == count;
+                    group_sink step_sink = sink;
+                    step_sink.restart = s == 0 && sink.restart;
+                    step_sink.flush = last_step && sink.flush;
+                    step_sink.stream = last_step && sink.stream;
+                    dx_group(a, g0 + s, step, coef + s, begin, end, a->dweight || a->dbias ? &step_sink : NULL, stream, 0, 0);
+                }
             }
         }
         if (stream || stream_params) ln_stream_fence();
