@@ -303,11 +303,13 @@ static inline __attribute__((always_inline)) void dx_column_vectors(const E *x, 
         for (int k = 0; k < vectors; k++) sink_v(sink, i + k * VL, acc_w[k], acc_b[k]);
 }
 
-/* dx over columns [begin, end) of a group of rows (at most LN_GROUP,
- * coefficients in c), column vector by column vector, so that the group's
- * dy*xhat and dy sums stay in registers and reach the sink once per group
- * (sink NULL: dweight/dbias not wanted).  With streaming, dx + begin is
- * aligned to a line (dx_streamed, LN_LONG_CHUNK). */
+/* dx over columns [begin, end) of a group of rows (at most LN_GROUP, or a
+ * step of a group, see dx_step_rows; coefficients in c), column vector by
+ * column vector, so that the rows' dy*xhat and dy sums stay in registers and
+ * reach the sink once (sink NULL: dweight/dbias not wanted).  With
+ * streaming, dx + begin is aligned to a line (dx_streamed, LN_LONG_CHUNK).
+ * Meanwhile prefetch_rows rows from prefetch_at elements after the first
+ * row's x (and dy) are prefetched, spread over the columns. */
 static inline __attribute__((always_inline)) void dx_group(const ln_backward_args *a, int64_t first, int64_t count, const row_coefficients *c,
                      int64_t begin, int64_t end, const group_sink *sink, int stream, int64_t prefetch_at,
                      int64_t prefetch_rows)
