@@ -351,8 +351,9 @@ def _check_dx(dx, rdx, rstd, dy, weight, dtype):
         assert error <= GRAD_TOLERANCE[dtype], f"dx: error {error} relative to rstd * max|dy * weight|"
 
 
-def _check_param_grad(got, expected, abs_sum, terms, shape, weight, dtype, what):
-    """`expected` sums `terms` values per entry, whose magnitudes sum to `abs_sum`."""
+def _check_param_grad(got, expected, shape, weight, dtype, what, terms, axis):
+    """`expected` sums `terms()` (float64, x's shape) over the axes that are
+    not normalized (`axis` is the normalized ones)."""
     assert got.shape == shape, f"{what} shape {got.shape}, expected {shape}"
     grad_dtype = np.asarray(weight).dtype if weight is not None else stats_dtype(dtype)
     assert got.dtype == grad_dtype, f"{what} dtype {got.dtype}, expected {grad_dtype}"
@@ -361,7 +362,10 @@ def _check_param_grad(got, expected, abs_sum, terms, shape, weight, dtype, what)
         # where the terms cancel to a value whose half ulp is finer than
         # float32's error on that sum, within that error: (n + 2) float32
         # unit roundoffs of the terms' magnitudes for n terms
-        atol = (terms + 2) * 2.0 ** -24 * np.asarray(abs_sum, dtype=np.float64)
+        magnitudes = np.abs(terms())
+        others = tuple(d for d in range(magnitudes.ndim) if d not in as_axes(axis, magnitudes.ndim))
+        n = magnitudes.size // max(1, got.size)
+        atol = (n + 2) * 2.0 ** -24 * magnitudes.sum(axis=others).reshape(got.shape)
         assert_within_ulp(got, expected, grad_dtype, atol=atol, what=what)
     else:
         tol = 1e-5 if dtype.itemsize == 2 else GRAD_TOLERANCE[stats_dtype(dtype)]
@@ -378,12 +382,10 @@ def check_layer_norm_backward(x, dy, axis=-1, weight=None):
     dtype = x.dtype.newbyteorder("=")
     _check_dx(dx, rdx, rstd, dy, weight, dtype)
     pshape = param_shape(x.shape, axis)
-    terms = x.size // max(1, int(np.prod(pshape)))
-    xhat = (x.astype(np.float64) - mean) * rstd
-    _, abs_dweight, _ = ref.layer_norm_backward(np.abs(dy.astype(np.float64)) * np.sign(xhat), x, mean, rstd, axis)
-    _, _, abs_dbias = ref.layer_norm_backward(np.abs(dy.astype(np.float64)), x, mean, rstd, axis)
-    _check_param_grad(dweight, rdweight, abs_dweight, terms, pshape, weight, dtype, "dweight")
-    _check_param_grad(dbias, rdbias, abs_dbias, terms, pshape, weight, dtype, "dbias")
+    dy64 = dy.astype(np.float64)
+    _check_param_grad(dweight, rdweight, pshape, weight, dtype, "dweight",
+                      lambda: dy64 * ((x.astype(np.float64) - mean) * rstd), axis)
+    _check_param_grad(dbias, rdbias, pshape, weight, dtype, "dbias", lambda: dy64, axis)
     return dx, dweight, dbias
 
 
@@ -395,9 +397,6 @@ def check_rms_norm_backward(x, dy, axis=-1, weight=None):
     rdx, rdweight = ref.rms_norm_backward(dy, x, rrms, axis, weight)
     dtype = x.dtype.newbyteorder("=")
     _check_dx(dx, rdx, rrms, dy, weight, dtype)
-    pshape = param_shape(x.shape, axis)
-    xhat = x.astype(np.float64) * rrms
-    _, abs_dweight = ref.rms_norm_backward(np.abs(dy.astype(np.float64)) * np.sign(xhat), x, rrms, axis)
-    _check_param_grad(dweight, rdweight, abs_dweight, x.size // max(1, int(np.prod(pshape))), pshape, weight, dtype,
-                      "dweight")
+    _check_param_grad(dweight, rdweight, param_shape(x.shape, axis), weight, dtype, "dweight",
+                      lambda: dy.astype(np.float64) * (x.astype(np.float64) * rrms), axis)
     return dx, dweight
