@@ -88,7 +88,7 @@ static inline VDN v_widened(V v, int part)
 #if LN_DT == LN_DT_FLOAT64
     (void)part;
     return v;
-#elif (defined(__x86_64__) || defined(__i386__)) && (LN_VECTOR_BYTES == 64 || LN_VECTOR_BYTES == 32 || defined(__SSE2__))
+#elif (defined(__x86_64__) || defined(__i386__)) && defined(__SSE2__)
     /* one conversion instruction per part: GCC compiled the generic
      * conversion below in quarters (AVX-512), or through the stack (AVX2) */
 #if LN_VECTOR_BYTES == 64

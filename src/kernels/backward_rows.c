@@ -354,6 +354,34 @@ static inline __attribute__((always_inline)) void dx_group(const ln_backward_arg
     }
 }
 
+/* dx_group over a group of `count` rows in steps of at most `step_rows`
+ * (see dx_step_rows), each step's dweight/dbias sums chained to the next
+ * through running sums: the group's own (sink->running_*), or `carry` (2 *
+ * cols values) where it has none.  The first step takes the group's
+ * restart, the last its flush and streaming; each step prefetches its share
+ * of the next group's `next_rows` rows.  Most groups are one step. */
+static inline __attribute__((always_inline)) void dx_group_in_steps(const ln_backward_args *a, int64_t first, int64_t count,
+                                                                   const row_coefficients *c, int64_t begin, int64_t end,
+                                                                   const group_sink *sink, int stream, int64_t next_rows,
+                                                                   int64_t step_rows, C *carry)
+{
+    const int64_t cols = a->layout.reduce;
+    for (int64_t s = 0; s < count; s += step_rows) {
+        const int64_t step = count - s < step_rows ? count - s : step_rows, last_step = s + step == count;
+        group_sink step_sink;
+        if (sink) {
+            step_sink = *sink;
+            if (!step_sink.running_w && !step_sink.running_b) step_sink.running_w = carry, step_sink.running_b = carry + cols;
+            step_sink.restart = s == 0 && sink->restart;
+            step_sink.flush = last_step && sink->flush;
+            step_sink.stream = last_step && sink->stream;
+        }
+        /* (the last step takes the rest: all of them, when it is the only one) */
+        const int64_t ahead = next_rows - s, prefetch_rows = ahead < 0 ? 0 : last_step || ahead < step ? ahead : step;
+        dx_group(a, first + s, step, c + s, begin, end, sink ? &step_sink : NULL, stream, count * cols, prefetch_rows);
+    }
+}
+
 /* Row block b of a call's row blocks: its rows' sums and dx, group by group,
  * and their dweight/dbias sums into the block's float64 partial. */
 static void backward_row_block(const ln_backward_args *a, int64_t b, int64_t rows_per_block, int64_t group,
@@ -373,23 +401,11 @@ static void backward_row_block(const ln_backward_args *a, int64_t b, int64_t row
             c[g] = coefficients(a, r, sum_row(x, dy, a->weight, a->params_in_storage_type, cols, row_mean(a, r),
                                               ((const C *)a->rstd)[r]));
         }
-        double *const wide_w = partial ? partial + 2 * b * cols : NULL, *const wide_b = partial ? partial + (2 * b + 1) * cols : NULL;
+        const group_sink sink = {NULL, NULL, partial ? partial + 2 * b * cols : NULL,
+                                 partial ? partial + (2 * b + 1) * cols : NULL, 0, 1, 1, 0};
         const int64_t rows_after = rows - (g0 + count);
         const int64_t next_group = prefetch ? (rows_after < group ? rows_after : group) : 0;
-        if (count <= dx_rows) {
-            const group_sink sink = {NULL, NULL, wide_w, wide_b, 0, 1, 1, 0};
-            dx_group(a, g0, count, c, 0, cols, partial ? &sink : NULL, stream, count * cols, next_group);
-            continue;
-        }
-        /* steps of dx_rows rows: each step's dweight/dbias sums are added to
-         * carry (the compute type), and the last step's go on to float64.
-         * Each step prefetches as many rows of the next group as it has. */
-        for (int64_t s = 0; s < count; s += dx_rows) {
-            const int64_t step = count - s < dx_rows ? count - s : dx_rows, last_step = s + step == count;
-            const group_sink sink = {carry, carry + cols, last_step ? wide_w : NULL, last_step ? wide_b : NULL, 0, s == 0, last_step, 0};
-            const int64_t ahead = next_group - s, prefetch_rows = ahead < 0 ? 0 : ahead < step ? ahead : step;
-            dx_group(a, g0 + s, step, c + s, 0, cols, partial ? &sink : NULL, stream, count * cols, prefetch_rows);
-        }
+        dx_group_in_steps(a, g0, count, c, 0, cols, partial ? &sink : NULL, stream, next_group, dx_rows, carry);
     }
 }
 
@@ -518,18 +534,9 @@ static int backward_long_rows(const ln_backward_args *a)
                                      index < groups_per_flush};
             #pragma omp for schedule(static)
             for (int64_t chunk = 0; chunk < chunks; chunk++) {
-                const int64_t begin = chunk * LN_LONG_CHUNK, end = cols - begin < LN_LONG_CHUNK ? cols : begin + LN_LONG_CHUNK;
-                /* in steps of dx_rows rows (see dx_step_rows), chained through
-                 * the running sums: the group's restart on the first step,
-                 * its flush (or streaming stores) on the last */
-                for (int64_t s = 0; s < count; s += dx_rows) {
-                    const int64_t step = count - s < dx_rows ? count - s : dx_rows, last_step = s + step == count;
-                    group_sink step_sink = sink;
-                    step_sink.restart = s == 0 && sink.restart;
-                    step_sink.flush = last_step && sink.flush;
-                    step_sink.stream = last_step && sink.stream;
-                    dx_group(a, g0 + s, step, coef + s, begin, end, a->dweight || a->dbias ? &step_sink : NULL, stream, 0, 0);
-                }
+                const int64_t begin = chunk * LN_LONG_CHUNK;
+                dx_group_in_steps(a, g0, count, coef, begin, cols - begin < LN_LONG_CHUNK ? cols : begin + LN_LONG_CHUNK,
+                                  a->dweight || a->dbias ? &sink : NULL, stream, 0, dx_rows, NULL);
             }
         }
         if (stream || stream_params) ln_stream_fence();
