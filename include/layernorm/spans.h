@@ -155,4 +155,40 @@ static inline __attribute__((always_inline)) void normalize_span(const E *x, con
     }
 }
 
+
+/* normalize_span of two rows (not streamed) that share the weight and bias
+ * loads of their whole vectors; the rest of each row as normalize_span
+ * takes it.  The same arithmetic per element, so the same bits. */
+static inline __attribute__((always_inline)) int64_t store_normalized_vector_pairs(
+    const E *x0, const E *addend0, E *y0, const E *x1, const E *addend1, E *y1, int64_t n,
+    V vhi0, V vlo0, V vscale0, V vhi1, V vlo1, V vscale1, const void *weight, const void *bias, int storage)
+{
+    int64_t i = 0;
+    for (; i + VL <= n; i += VL) {
+        const V w = weight ? param_v(weight, storage, i) : vhi0, b = bias ? param_v(bias, storage, i) : vhi0;
+        STOREV(y0 + i, normalized_of(load_or_sum(x0, addend0, i), vhi0, vlo0, vscale0, weight != NULL, w, bias != NULL, b));
+        STOREV(y1 + i, normalized_of(load_or_sum(x1, addend1, i), vhi1, vlo1, vscale1, weight != NULL, w, bias != NULL, b));
+    }
+    return i;
+}
+
+static inline __attribute__((always_inline)) void normalize_span_pair(const E *x0, const E *addend0, E *y0, C hi0, C lo0, C scale0,
+                                                                     const E *x1, const E *addend1, E *y1, C hi1, C lo1, C scale1,
+                                                                     int64_t n, const void *weight, const void *bias, int storage)
+{
+    const V vhi0 = vbroadcast(hi0), vlo0 = vbroadcast(lo0), vscale0 = vbroadcast(scale0);
+    const V vhi1 = vbroadcast(hi1), vlo1 = vbroadcast(lo1), vscale1 = vbroadcast(scale1);
+#define LN_PAIRS(W, B) store_normalized_vector_pairs(x0, addend0, y0, x1, addend1, y1, n, vhi0, vlo0, vscale0, vhi1, vlo1, vscale1, W, B, storage)
+    int64_t i;
+    if (weight && bias) i = LN_PAIRS(weight, bias);
+    else if (weight) i = LN_PAIRS(weight, NULL);
+    else if (bias) i = LN_PAIRS(NULL, bias);
+    else i = LN_PAIRS(NULL, NULL);
+#undef LN_PAIRS
+    if (i == n) return;
+    const void *w = weight ? param_at(weight, storage, i) : NULL, *b = bias ? param_at(bias, storage, i) : NULL;
+    normalize_span(x0 + i, addend0 ? addend0 + i : NULL, y0 + i, n - i, hi0, lo0, scale0, w, b, storage, 0);
+    normalize_span(x1 + i, addend1 ? addend1 + i : NULL, y1 + i, n - i, hi1, lo1, scale1, w, b, storage, 0);
+}
+
 #endif
