@@ -9,8 +9,9 @@
  * One visit per row: the two row sums, then dx and the row's share of
  * dweight/dbias while x and dy are in cache.  dweight/dbias: rows are grouped
  * in fixed row blocks (their size depends on the shape only); a block sums
- * groups of LN_GROUP rows in the compute type, flushes them into its own
- * float64 partial, and the partials are added in block order.  Long rows
+ * groups of LN_GROUP rows in the compute type, flushes them every
+ * LN_CARRIED_ROWS rows into its own float64 partial, and the partials are
+ * added in block order.  Long rows
  * go in groups of rows that all threads share, by column chunks instead (see
  * backward_long_rows).  Any thread count gives the same bits.
  */
@@ -40,6 +41,23 @@ static inline int64_t dx_step_rows(int64_t cols)
 {
     return cols * (int64_t)sizeof(E) % 4096 == 0 ? LN_DX_ROWS_4K : LN_GROUP;
 }
+/* A row block's groups add their dweight/dbias sums to a compute-type
+ * carry, which goes to the block's float64 partial every this many rows
+ * (the block's last group too), rather than every group: each such flush
+ * loads, adds and stores four vectors of float64 per column vector, and on
+ * a row group of 8 that was a third more stores than dx's own.  The
+ * choice depends on the shape only.  A/B (bench/compare_builds.py), 2
+ * threads, against a flush every group: (4096, 768) float32 0.89x the time
+ * at AVX-512, 0.88x at AVX2, 0.97x at the baseline (1 thread 0.93x);
+ * (16384, 1024) 0.98x, 0.79x at AVX2, 0.96x at the baseline; (8192, 2048)
+ * 0.96x; (262144, 64) 1.00x, 0.94x at AVX2; float64 (8192, 1024) 0.98x;
+ * float16 (16384, 1024) 0.90x, bfloat16 0.98x.  Every 16 and 32 rows
+ * gained less ((4096, 768) every 32 rows took 1.05x to 1.07x the time of
+ * every 64), every 256 rows no more (0.98x to 1.00x).  The float32
+ * dweight/dbias error of the many-rows test's data stays at the final
+ * rounding: (4096, 768) 7.1e-8 relative (6.2e-8 before), (16384, 1024)
+ * 7.0e-8 (6.1e-8), (262144, 64) 6.0e-8 (5.9e-8). */
+#define LN_CARRIED_ROWS 64
 /* ... fewer for long rows: a group holds at most this many elements per array. */
 #define LN_GROUP_ELEMENTS 16384
 /* Row blocks of the dweight/dbias reduction: at least this many rows each
@@ -193,9 +211,10 @@ static inline row_coefficients coefficients(const ln_backward_args *a, int64_t r
 
 /* Where a group's dweight/dbias column sums go, per array (dweight, dbias):
  * into a float64 sum, directly or through a running sum in the compute type
- * that collects a few groups of rows first (it cuts the traffic of long
- * rows, whose groups hold one or two rows).  Row blocks: straight into their
- * partials.  A few long rows: the running sum is the result itself. */
+ * that collects a few groups of rows first (it cuts the float64 traffic).
+ * Row blocks: into their partials, through the block's carry where rows fit
+ * it (see LN_CARRIED_ROWS; dx_group_in_steps passes the carry as the
+ * running sums).  A few long rows: the running sum is the result itself. */
 typedef struct {
     C *running_w, *running_b;        /* compute-type running sums, or NULL */
     double *wide_w, *wide_b;         /* float64 sums, or NULL (then running is the result) */
@@ -390,9 +409,13 @@ static void backward_row_block(const ln_backward_args *a, int64_t b, int64_t row
     const int64_t rows = a->layout.outer, cols = a->layout.reduce;
     const int64_t first = b * rows_per_block;
     const int64_t last = first + rows_per_block < rows ? first + rows_per_block : rows;
-    /* a group of more rows than a step has fewer than this many columns */
+    /* dweight/dbias sums carried from step to step (a group of more rows
+     * than a step has fewer than LN_GROUP_ELEMENTS / LN_DX_ROWS_4K columns)
+     * and from group to group for LN_CARRIED_ROWS rows, where rows fit */
     C carry[2 * (LN_GROUP_ELEMENTS / LN_DX_ROWS_4K)];
-    for (int64_t g0 = first; g0 < last; g0 += group) {
+    const int64_t carry_fits = 2 * cols <= (int64_t)(sizeof carry / sizeof carry[0]);
+    const int64_t chain = carry_fits && group < LN_CARRIED_ROWS ? LN_CARRIED_ROWS / group : 1;
+    for (int64_t g0 = first, index = 0; g0 < last; g0 += group, index++) {
         const int64_t count = last - g0 < group ? last - g0 : group;
         row_coefficients c[LN_GROUP];
         for (int64_t g = 0; g < count; g++) {
@@ -401,8 +424,11 @@ static void backward_row_block(const ln_backward_args *a, int64_t b, int64_t row
             c[g] = coefficients(a, r, sum_row(x, dy, a->weight, a->params_in_storage_type, cols, row_mean(a, r),
                                               ((const C *)a->rstd)[r]));
         }
+        /* the carry restarts with every chain's first group, and its last
+         * (or the block's last group) adds it to the partial */
         const group_sink sink = {NULL, NULL, partial ? partial + 2 * b * cols : NULL,
-                                 partial ? partial + (2 * b + 1) * cols : NULL, 0, 1, 1, 0};
+                                 partial ? partial + (2 * b + 1) * cols : NULL, 0, index % chain == 0,
+                                 index % chain == chain - 1 || g0 + count >= last, 0};
         const int64_t rows_after = rows - (g0 + count);
         const int64_t next_group = prefetch ? (rows_after < group ? rows_after : group) : 0;
         dx_group_in_steps(a, g0, count, c, 0, cols, partial ? &sink : NULL, stream, next_group, dx_rows, carry);
