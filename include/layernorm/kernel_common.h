@@ -785,6 +785,19 @@ static inline int64_t ln_dynamic_chunk(int64_t items, int64_t elements, int thre
  * state in L1 arrays (the same bits), took 1.31x the time (forward) and
  * 1.04x (fused add). */
 #define LN_COLUMN_VECTORS 16
+/* ... but 32 in the AVX2 forward's streamed columns (1 KB in float32, as
+ * AVX-512's 16; bfloat16 does not stream there, see ln_stream_columns).
+ * A/B (bench/compare_builds.py) against 16, 2 threads, NCHW
+ * (32, 64, 56, 56): forward float32 0.86x to 0.87x the time (1 thread
+ * 0.85x, out= 16 bytes off a line 0.86x), rms 0.84x, fused add 0.81x,
+ * float64 0.88x, float16 0.88x; (24, 64, 56, 56) 0.82x, (8, 256, 64, 64)
+ * 0.99x.  Not where y is stored: 32 there too made (16, 64, 56, 56) (x and
+ * y 26 MB) take 1.25x at 1 thread, whose 512-byte columns prefetch the
+ * next column and their output lines in their first pass
+ * (ln_prefetch_column).  Nor in the backward (NCHW 1.00x, float64 1.02x).
+ * The same bits: a position's arithmetic is the same in every column. */
+#define LN_STREAMED_COLUMN_VECTORS (LN_VECTOR_BYTES == 32 ? 32 : LN_COLUMN_VECTORS)
+#define LN_MAX_COLUMN_VECTORS (LN_STREAMED_COLUMN_VECTORS > LN_COLUMN_VECTORS ? LN_STREAMED_COLUMN_VECTORS : LN_COLUMN_VECTORS)
 
 /* A strided column's first pass, at one row: prefetch the same row's lines
  * of the next column of `bytes` bytes in the inputs (`next_b` may be NULL)

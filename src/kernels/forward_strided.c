@@ -51,8 +51,8 @@ static inline __attribute__((always_inline)) void forward_columns(const ln_forwa
      * alias anything, so a->y and a->weight were loaded again after each */
     E *const y = (E *)a->y;
     const void *const weight = a->weight, *const bias = a->bias;
-    V shift[LN_COLUMN_VECTORS], mean[LN_COLUMN_VECTORS], m2[LN_COLUMN_VECTORS];
-    double merged_mean[LN_COLUMN_VECTORS * VL], merged_m2[LN_COLUMN_VECTORS * VL];
+    V shift[LN_MAX_COLUMN_VECTORS], mean[LN_MAX_COLUMN_VECTORS], m2[LN_MAX_COLUMN_VECTORS];
+    double merged_mean[LN_MAX_COLUMN_VECTORS * VL], merged_m2[LN_MAX_COLUMN_VECTORS * VL];
     for (int64_t j = 0; j < vectors * VL; j++) merged_mean[j] = merged_m2[j] = 0;
     for (int k = 0; k < vectors; k++) shift[k] = vbroadcast(0);
     for (int64_t first = 0; first < reduce; first += LN_CHUNK_ROWS) {
@@ -93,7 +93,7 @@ static inline __attribute__((always_inline)) void forward_columns(const ln_forwa
                 chan_merge_wide(merged_mean + j, merged_m2 + j, v_widened(mean[k], part), v_widened(m2[k], part), wb, wab);
             }
     }
-    C lo[LN_COLUMN_VECTORS * VL], scale[LN_COLUMN_VECTORS * VL], shift_c[LN_COLUMN_VECTORS * VL];
+    C lo[LN_MAX_COLUMN_VECTORS * VL], scale[LN_MAX_COLUMN_VECTORS * VL], shift_c[LN_MAX_COLUMN_VECTORS * VL];
     for (int k = 0; k < vectors; k++) vstore_c(shift_c + k * VL, shift[k]);
     const double inv_n = 1.0 / (double)reduce;
     const int64_t stat = o * inner + i;
@@ -111,7 +111,7 @@ static inline __attribute__((always_inline)) void forward_columns(const ln_forwa
     /* the square roots and divides in a loop of their own, which the
      * compiler vectorizes (each lane rounds as the scalar instructions do):
      * as scalars they cost a position more than its reads */
-    double rstd[LN_COLUMN_VECTORS * VL];
+    double rstd[LN_MAX_COLUMN_VECTORS * VL];
     for (int64_t j = 0; j < vectors * VL; j++) rstd[j] = 1.0 / sqrt(merged_m2[j] * inv_n + a->eps);
     for (int64_t j = 0; j < vectors * VL; j++) {
         scale[j] = (C)rstd[j];
@@ -121,7 +121,7 @@ static inline __attribute__((always_inline)) void forward_columns(const ln_forwa
         for (int64_t j = 0; j < vectors * VL; j++) ((C *)a->rstd)[stat + j] = scale[j];
     if (a->mean && !rms)
         for (int64_t j = 0; j < vectors * VL; j++) ((C *)a->mean)[stat + j] = (C)((double)shift_c[j] + merged_mean[j]);
-    V vlo[LN_COLUMN_VECTORS], vscale[LN_COLUMN_VECTORS];
+    V vlo[LN_MAX_COLUMN_VECTORS], vscale[LN_MAX_COLUMN_VECTORS];
     for (int k = 0; k < vectors; k++) {
         vlo[k] = vload_c(lo + k * VL);
         vscale[k] = vload_c(scale + k * VL);
@@ -225,12 +225,19 @@ static void forward_positions(const ln_forward_args *a, int64_t o, int64_t i, in
     }
 }
 
-/* Positions [i, i + width) of outer index o: columns of LN_COLUMN_VECTORS
- * vectors, then of 4 and 1, then the positions left one at a time. */
+/* Positions [i, i + width) of outer index o: columns of
+ * LN_STREAMED_COLUMN_VECTORS vectors where y streams, then of
+ * LN_COLUMN_VECTORS, 4 and 1, then the positions left one at a time. */
 static inline void forward_span(const ln_forward_args *a, int64_t o, int64_t i, int64_t width, const C *recip,
                                 int stream, int stream_sum)
 {
     const int64_t end = i + width;
+    if (LN_STREAMED_COLUMN_VECTORS > LN_COLUMN_VECTORS && stream) {
+        for (; i + LN_STREAMED_COLUMN_VECTORS * VL <= end; i += LN_STREAMED_COLUMN_VECTORS * VL) {
+            if (stream_sum) forward_columns(a, o, i, LN_STREAMED_COLUMN_VECTORS, recip, 1, 1);
+            else forward_columns(a, o, i, LN_STREAMED_COLUMN_VECTORS, recip, 1, 0);
+        }
+    }
     for (; i + LN_COLUMN_VECTORS * VL <= end; i += LN_COLUMN_VECTORS * VL)
         if (stream_sum) forward_columns(a, o, i, LN_COLUMN_VECTORS, recip, 1, 1);
         else if (stream) forward_columns(a, o, i, LN_COLUMN_VECTORS, recip, 1, 0);
