@@ -155,7 +155,6 @@ static inline __attribute__((always_inline)) void normalize_span(const E *x, con
     }
 }
 
-
 /* normalize_span of two rows (not streamed) that share the weight and bias
  * loads of their whole vectors; the rest of each row as normalize_span
  * takes it.  The same arithmetic per element, so the same bits. */

@@ -413,7 +413,7 @@ static void backward_row_block(const ln_backward_args *a, int64_t b, int64_t row
      * than a step has fewer than LN_GROUP_ELEMENTS / LN_DX_ROWS_4K columns)
      * and from group to group for LN_CARRIED_ROWS rows, where rows fit */
     C carry[2 * (LN_GROUP_ELEMENTS / LN_DX_ROWS_4K)];
-    const int64_t carry_fits = 2 * cols <= (int64_t)(sizeof carry / sizeof carry[0]);
+    const int carry_fits = 2 * cols <= (int64_t)(sizeof carry / sizeof carry[0]);
     const int64_t chain = carry_fits && group < LN_CARRIED_ROWS ? LN_CARRIED_ROWS / group : 1;
     for (int64_t g0 = first, index = 0; g0 < last; g0 += group, index++) {
         const int64_t count = last - g0 < group ? last - g0 : group;

@@ -415,7 +415,6 @@ static inline __attribute__((always_inline)) void row_group_body(const ln_forwar
         for (; g + 2 <= count; g += 2) {
             const int64_t offset = (first + g) * cols;
             const row_data src0 = row_source(a, offset, plan.sum), src1 = row_source(a, offset + cols, plan.sum);
-            if (plan.prefetch) prefetch_next_group_row(a, first + count + g), prefetch_next_group_row(a, first + count + g + 1);
             normalize_span_pair(src0.data, src0.addend, (E *)a->y + offset, t[g].hi, t[g].lo, t[g].scale,
                                 src1.data, src1.addend, (E *)a->y + offset + cols, t[g + 1].hi, t[g + 1].lo, t[g + 1].scale,
                                 cols, a->weight, a->bias, a->params_in_storage_type);
