@@ -763,13 +763,29 @@ static inline int64_t ln_dynamic_chunk(int64_t items, int64_t elements, int thre
 }
 /* Width of the inner tile of the strided layout (elements). */
 #define LN_TILE 256
+/* Every software prefetch fills L2, not L1 (GCC's locality 1: prefetcht2;
+ * this machine's L1 is 32 KB, its L2 1 MB).  The lines a kernel prefetches
+ * are read a group or a column later, and pulled into L1 they evicted the
+ * lines the current passes were re-reading.  A/B (bench/compare_builds.py),
+ * 2 threads, AVX-512 unless stated, against locality 3 (prefetcht0): the
+ * forward's row groups (16384, 1024) float32 0.88x to 0.89x the time (AVX2
+ * 0.93x, baseline 0.77x), float16 0.75x, bfloat16 0.74x, rms 0.80x,
+ * (8192, 2048) float16 0.82x, (65536, 256) 0.89x, float64 (32768, 512)
+ * 0.88x, (4096, 768) 0.94x; the strided kernels' reads, NCHW
+ * (32, 64, 56, 56): forward 0.92x (AVX2 0.86x, float16 0.94x), fused add
+ * 0.76x, backward 0.73x, (8, 256, 64, 64) 0.93x; and their output lines
+ * (16, 64, 56, 56) 0.95x, its fused add 0.94x.  Locality 2 measured the same
+ * as 1 (0.99x); 0 (prefetchnta) took 1.19x to 1.32x.  The same bits. */
+#define LN_PREFETCH_LOCALITY 1
+
 /* Strided-layout columns narrower than this many bytes prefetch, in their
  * first pass, the same rows of the next columns and their own output lines:
  * `reduce` rows far apart are more streams than the hardware prefetcher
  * follows when each gives it only a few lines at a time.  Measured on NCHW
  * (32, 64, 56, 56), 2 threads: 16-vector columns at AVX2 (512 B) took 0.83x
  * the time with it in the forward and 0.89x in the backward; at AVX-512 (1 KB)
- * the forward took 1.08x, so they go without. */
+ * the forward took 1.08x, so wider columns go without where their output
+ * streams (ln_prefetch_column). */
 #define LN_PREFETCH_BELOW_BYTES 1024
 /* Rows of `reduce` summed (or Welford-updated) in the compute type by the
  * strided kernels before the result is merged into float64: bounds the
@@ -802,14 +818,19 @@ static inline int64_t ln_dynamic_chunk(int64_t items, int64_t elements, int thre
 /* A strided column's first pass, at one row: prefetch the same row's lines
  * of the next column of `bytes` bytes in the inputs (`next_b` may be NULL)
  * and this column's output lines, when the column is narrower than
- * LN_PREFETCH_BELOW_BYTES. */
-static inline void ln_prefetch_column(const E *next_a, const E *next_b, const E *out, int64_t bytes)
+ * LN_PREFETCH_BELOW_BYTES or its output is stored, not `streamed`.  Wider
+ * columns with stored outputs, A/B against not prefetching there, 2
+ * threads, AVX-512, (16, 64, 56, 56) (x and y 26 MB): forward 0.64x to
+ * 0.67x the time, rms 0.60x, float64 0.96x, fused add 0.95x, backward
+ * 0.94x; (8, 64, 56, 56) at 1 thread 0.80x.  Where the output streams, they
+ * took 1.09x (forward NCHW (32, 64, 56, 56)) to 1.43x (its fused add). */
+static inline void ln_prefetch_column(const E *next_a, const E *next_b, const E *out, int64_t bytes, int streamed)
 {
-    if (bytes >= LN_PREFETCH_BELOW_BYTES) return;
+    if (bytes >= LN_PREFETCH_BELOW_BYTES && streamed) return;
     for (int64_t line = 0; line < bytes; line += 64) {
-        __builtin_prefetch((const char *)next_a + line, 0, 3);
-        if (next_b) __builtin_prefetch((const char *)next_b + line, 0, 3);
-        __builtin_prefetch((const char *)out + line, 1, 3);
+        __builtin_prefetch((const char *)next_a + line, 0, LN_PREFETCH_LOCALITY);
+        if (next_b) __builtin_prefetch((const char *)next_b + line, 0, LN_PREFETCH_LOCALITY);
+        __builtin_prefetch((const char *)out + line, 1, LN_PREFETCH_LOCALITY);
     }
 }
 
@@ -841,8 +862,8 @@ static inline void ln_prefetch_next_column(const E *column_a, const E *column_b,
     const char *ahead_a = (const char *)column_a + ahead;
     const char *ahead_b = column_b ? (const char *)column_b + ahead : NULL;
     for (int64_t line = 0; line < bytes; line += 64) {
-        __builtin_prefetch(ahead_a + line, 0, 3);
-        if (ahead_b) __builtin_prefetch(ahead_b + line, 0, 3);
+        __builtin_prefetch(ahead_a + line, 0, LN_PREFETCH_LOCALITY);
+        if (ahead_b) __builtin_prefetch(ahead_b + line, 0, LN_PREFETCH_LOCALITY);
     }
 }
 
@@ -860,8 +881,8 @@ static inline void ln_prefetch_pair_column(const E *column_a, const E *column_b,
 {
     if (bytes < LN_PREFETCH_BELOW_BYTES || !column_b) return;
     for (int64_t line = 0; line < bytes; line += 64) {
-        __builtin_prefetch((const char *)column_a + bytes + line, 0, 3);
-        __builtin_prefetch((const char *)column_b + bytes + line, 0, 3);
+        __builtin_prefetch((const char *)column_a + bytes + line, 0, LN_PREFETCH_LOCALITY);
+        __builtin_prefetch((const char *)column_b + bytes + line, 0, LN_PREFETCH_LOCALITY);
     }
 }
 

@@ -86,7 +86,6 @@ typedef struct { double sum_g, sum_g_xhat; } row_sums;
  * Shorter rows gained nothing ((262144, 64) float32 1.04x, float16 1.03x,
  * AVX2 float32 0.92x; bfloat16 (65536, 256) 0.99x), and calls under 8 MB
  * of inputs are left alone. */
-#define LN_BACKWARD_PREFETCH_LOCALITY 1
 static inline int prefetch_row_groups(const ln_backward_args *a)
 {
     const int64_t row_bytes = a->layout.reduce * (int64_t)sizeof(E), inputs = 2 * a->layout.outer * row_bytes;
@@ -277,8 +276,8 @@ static inline __attribute__((always_inline)) void dx_column_vectors(const E *x, 
         /* the next group's rows in order, as many lines as this step reads */
         const int64_t from = prefetch_at + i * prefetch_rows, to = from + vectors * VL * prefetch_rows;
         for (int64_t at = from; at < to; at += LN_LINE_ELEMENTS) {
-            __builtin_prefetch(x + at, 0, LN_BACKWARD_PREFETCH_LOCALITY);
-            __builtin_prefetch(dy + at, 0, LN_BACKWARD_PREFETCH_LOCALITY);
+            __builtin_prefetch(x + at, 0, LN_PREFETCH_LOCALITY);
+            __builtin_prefetch(dy + at, 0, LN_PREFETCH_LOCALITY);
         }
     }
     V w[LN_DX_MAX_VECTORS], acc_w[LN_DX_MAX_VECTORS], acc_b[LN_DX_MAX_VECTORS];

@@ -145,7 +145,7 @@ static inline __attribute__((always_inline)) void backward_columns(const ln_back
             const int64_t at = base + r * inner;
             const V w = LN_WEIGHT(r);
             ln_prefetch_column(x + at + vectors * VL, dy + at + vectors * VL, dx + at,
-                               vectors * VL * (int64_t)sizeof(E));
+                               vectors * VL * (int64_t)sizeof(E), stream);
             for (int k = 0; k < vectors; k++) {
                 const V g = LOADV(dy + at + k * VL) * w;
                 sg[k] += g;

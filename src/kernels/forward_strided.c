@@ -62,7 +62,7 @@ static inline __attribute__((always_inline)) void forward_columns(const ln_forwa
             const int64_t at = base + r * inner;
             const V inv = vbroadcast(recip[r - first]);
             ln_prefetch_column(x + at + vectors * VL, residual ? residual + at + vectors * VL : NULL,
-                               y + at, vectors * VL * (int64_t)sizeof(E));
+                               y + at, vectors * VL * (int64_t)sizeof(E), stream);
             ln_prefetch_pair_column(x + at, residual ? residual + at : NULL, vectors * VL * (int64_t)sizeof(E));
             for (int k = 0; k < vectors; k++) {
                 const int64_t p = at + k * VL;
