@@ -90,15 +90,18 @@ static inline int stage_row_outputs(const void *y, int64_t rows, int64_t cols, i
  * float32 0.81x to 0.85x (AVX2 0.84x); (65536, 256) float32 0.80x;
  * (32768, 512) float32 0.87x, float64 0.93x; (8192, 2048) float16 0.86x.
  * Where it does not pay, it is off:
- * - groups whose inputs take more than LN_PREFETCH_GROUP_BYTES: the next
- *   group must fit in L1 beside this one ((4096, 4096) float32, 128 KB
- *   groups, took 1.1x to 1.2x prefetching x alone);
+ * - groups whose inputs take more than LN_PREFETCH_GROUP_BYTES ((4096, 4096)
+ *   float32, 128 KB groups, took 1.1x to 1.2x prefetching x alone into L1;
+ *   into L2, with groups up to 256 KB prefetched, 1.14x, float16 1.27x,
+ *   (2048, 8192) 1.09x, the fused add (16384, 1024) 1.03x);
  * - rows under LN_PREFETCH_MIN_ROW_BYTES: half-precision short rows are
  *   bound by their arithmetic, not their reads ((131072, 128) float16 took
  *   1.17x, (65536, 256) 1.08x; rows of 1 KB were even, 0.95x to 1.0x);
- *   float32 (262144, 64) was even (1.01x);
+ *   float32 (262144, 64) was even (1.01x); into L2 (262144, 64) float16
+ *   1.04x, bfloat16 1.01x, float32 0.99x, (131072, 128) float16 1.02x;
  * - calls whose inputs take less than LN_PREFETCH_MIN_BYTES, which a loop
- *   finds in the L3 ((4096, 768) float16 1.04x; float32 (2048, 768) 0.98x).
+ *   finds in the L3 ((4096, 768) float16 1.04x; float32 (2048, 768) 0.98x;
+ *   into L2 1.02x and 0.98x).
  * The fused add with its two inputs prefetches only groups of rows up to
  * 2 KB: at 64 KB, (16384, 1024) float32 was even (1.00x). */
 #define LN_PREFETCH_GROUP_BYTES 32768
