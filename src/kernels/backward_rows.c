@@ -427,7 +427,7 @@ static void backward_row_block(const ln_backward_args *a, int64_t b, int64_t row
          * (or the block's last group) adds it to the partial */
         const group_sink sink = {NULL, NULL, partial ? partial + 2 * b * cols : NULL,
                                  partial ? partial + (2 * b + 1) * cols : NULL, 0, index % chain == 0,
-                                 index % chain == chain - 1 || g0 + count >= last, 0};
+                                 index % chain == chain - 1 || g0 + count >= last, index < chain};
         const int64_t rows_after = rows - (g0 + count);
         const int64_t next_group = prefetch ? (rows_after < group ? rows_after : group) : 0;
         dx_group_in_steps(a, g0, count, c, 0, cols, partial ? &sink : NULL, stream, next_group, dx_rows, carry);
@@ -447,7 +447,14 @@ static int backward_row_blocks(const ln_backward_args *a)
     /* a group's rows are read twice, so they should stay in L2 in between */
     const int64_t group = ln_rows_per_group(LN_GROUP_ELEMENTS, cols, LN_GROUP);
     const int64_t dx_rows = dx_step_rows(cols);
-    double *partial = want_params ? calloc((size_t)(2 * blocks * cols), sizeof *partial) : NULL;
+    /* Not zeroed: each block's first flush stores its partial (first_flush).
+     * A calloc's memset of up to 16 MB ran on one thread before the threads
+     * started, and evicted the inputs from L2.  A/B against calloc
+     * (bench/compare_builds.py), 2 threads: (4096, 768) float32 0.91x and
+     * 0.92x the time at AVX-512, 0.89x to 1.04x at AVX2 (four runs), 0.96x
+     * at the baseline; (2048, 768) 0.87x, (512, 768) 0.91x, (256, 4096)
+     * 0.85x, (16384, 1024) 0.97x, (262144, 64) 1.00x. */
+    double *partial = want_params ? malloc((size_t)(2 * blocks * cols) * sizeof *partial) : NULL;
     if (want_params && !partial) return LN_ERROR_NO_MEMORY;
     const int stream = dx_streamed(a);
     const int prefetch = prefetch_row_groups(a);

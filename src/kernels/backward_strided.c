@@ -217,7 +217,7 @@ int FN(backward_strided)(const ln_backward_args *a)
     const int64_t per_group = groups ? (outer + groups - 1) / groups : 0;
     if (per_group) groups = (outer + per_group - 1) / per_group;
     const int64_t items = groups * tiles;
-    double *partial = calloc((size_t)(2 * reduce * (items ? items : 1)), sizeof *partial);
+    double *partial = malloc((size_t)(2 * reduce * (items ? items : 1)) * sizeof *partial);
     if (!partial) return LN_ERROR_NO_MEMORY;
     int status = LN_OK;
     const int stream = dx_streamed(a);
@@ -238,6 +238,11 @@ int FN(backward_strided)(const ln_backward_args *a)
             const int64_t width = inner - i0 < LN_TILE ? inner - i0 : LN_TILE;
             const int64_t first = g * per_group, last = first + per_group < outer ? first + per_group : outer;
             double *dweight = partial + 2 * item * reduce, *dbias = dweight + reduce;
+            /* zeroed here, by the thread that fills it, rather than by a
+             * calloc on one thread before the others start: NCHW 2 threads
+             * 0.95x to 0.97x the time at AVX-512, 0.98x at AVX2 and at the
+             * baseline; (16, 64, 56, 56) 0.94x */
+            memset(dweight, 0, (size_t)(2 * reduce) * sizeof *dweight);
             for (int64_t o = first; o < last; o++) backward_item(a, o, i0, width, st, dweight, dbias, stream);
         }
         if (stream) ln_stream_fence();
