@@ -61,8 +61,13 @@ static inline int64_t dx_step_rows(int64_t cols)
 /* ... fewer for long rows: a group holds at most this many elements per array. */
 #define LN_GROUP_ELEMENTS 16384
 /* Row blocks of the dweight/dbias reduction: at least this many rows each
- * (every block costs a float64 partial of 2 * cols values) ... */
-#define LN_MIN_BLOCK_ROWS 32
+ * (every block costs a float64 partial of 2 * cols values, written and
+ * merged) ...  128 rather than 32: A/B (bench/compare_builds.py), 2
+ * threads, float32: (4096, 768) 0.90x the time at AVX-512 (32 blocks, not
+ * 64), 0.91x at AVX2, 0.97x at the baseline, float16 0.95x; (2048, 768)
+ * 0.88x, (1024, 768) 0.92x, (512, 768) 0.79x, (8192, 768) 0.96x,
+ * (256, 4096) 0.97x.  Calls of 8192 rows and more keep LN_MAX_ROW_BLOCKS. */
+#define LN_MIN_BLOCK_ROWS 128
 /* ... at most this many blocks ... */
 #define LN_MAX_ROW_BLOCKS 64
 /* ... and at most this many float64 partial values in all. */
