@@ -511,20 +511,6 @@ static int backward_row_blocks(const ln_backward_args *a)
 #define LN_LONG_FLUSH_ROWS 16
 /* Columns per dx work item. */
 #define LN_LONG_CHUNK 1024
-/* One barrier per group, after its row sums, rather than three (the sums,
- * the merge by one thread, dx): every thread merges the sums itself (the
- * same adds in the same order, so the same bits), and dx ends without a
- * barrier.  That is safe because
- * - the row sums alternate between two buffers: a group's sums are written
- *   only after every thread has passed the previous group's barrier, so has
- *   finished merging the buffer's last group (two groups before);
- * - a column chunk's dweight/dbias running sums are read and written by the
- *   same thread in every group (a static schedule of the same count);
- * - the float64 merge at the end waits for a barrier of its own.
- * A/B against three barriers (bench/compare_builds.py), 2 threads, float32:
- * (64, 262144) 0.96x and 0.95x the time at AVX-512, 0.99x at AVX2;
- * (256, 32768) 0.97x, (2048, 8192) 0.97x, (8, 2097152) 0.96x,
- * (1, 16777216) 0.99x; 1 thread (64, 262144) 0.99x. */
 
 static int backward_long_rows(const ln_backward_args *a)
 {
@@ -550,13 +536,27 @@ static int backward_long_rows(const ln_backward_args *a)
      * LN_LONG_FLUSH_ROWS rows */
     const int64_t groups_per_flush = LN_LONG_FLUSH_ROWS / group;
 
+    /* One barrier per group, after its row sums, rather than three (the sums,
+     * the merge by one thread, dx): every thread merges the sums itself (the
+     * same adds in the same order, so the same bits), and dx ends without a
+     * barrier.  That is safe because
+     * - the row sums alternate between two buffers: a group's sums are written
+     *   only after every thread has passed the previous group's barrier, so has
+     *   finished merging the buffer's last group (two groups before);
+     * - a column chunk's dweight/dbias running sums are read and written by the
+     *   same thread in every group (a static schedule of the same count);
+     * - the float64 merge at the end waits for a barrier of its own.
+     * A/B against three barriers (bench/compare_builds.py), 2 threads, float32:
+     * (64, 262144) 0.96x and 0.95x the time at AVX-512, 0.99x at AVX2;
+     * (256, 32768) 0.97x, (2048, 8192) 0.97x, (8, 2097152) 0.96x,
+     * (1, 16777216) 0.99x; 1 thread (64, 262144) 0.99x. */
     #pragma omp parallel num_threads(a->num_threads) if (ln_parallel_if(rows * cols, a->num_threads))
     {
         row_coefficients coef[LN_GROUP];
         for (int64_t g0 = 0; g0 < rows; g0 += group) {
             const int64_t count = rows - g0 < group ? rows - g0 : group;
             const int64_t items = count * blocks_per_row;
-            row_sums *sums = partial + (g0 / group % 2) * group * blocks_per_row;   /* (see LN_LONG_CHUNK) */
+            row_sums *sums = partial + (g0 / group % 2) * group * blocks_per_row;   /* two buffers, see above */
             /* items by block, then row: a thread sums the columns it takes
              * for dx below, so their lines stay in its own caches */
             #pragma omp for schedule(static)
