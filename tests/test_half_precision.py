@@ -100,6 +100,24 @@ def test_out_sum_out_and_in_place(rng, dtype, axis):
     assert np.array_equal(r.view(np.uint16), es.view(np.uint16))
 
 
+@pytest.mark.parametrize("shape", [(600, 64), (45, 128), (17, 32)])
+def test_short_rows_in_place(simd, rng, dtype, shape):
+    """Short rows are kept in float32 between the passes (KEEPS_ROWS in
+    forward_rows.c): in place, every row must still be read before it is
+    written, giving the bits of a fresh output."""
+    x, r = random_array(rng, shape, dtype, offset=0.5), random_array(rng, shape, dtype)
+    expected, expected_rms = ln.layer_norm(x), ln.rms_norm(x)
+    ey, es = ln.add_layer_norm(x, r)
+    for function, want in ((ln.layer_norm, expected), (ln.rms_norm, expected_rms)):
+        y = x.copy()
+        assert function(y, out=y) is y
+        assert np.array_equal(y.view(np.uint16), want.view(np.uint16)), function.__name__
+    y, s = ln.add_layer_norm(x, r, out=x, sum_out=r)
+    assert y is x and s is r
+    assert np.array_equal(x.view(np.uint16), ey.view(np.uint16))
+    assert np.array_equal(r.view(np.uint16), es.view(np.uint16))
+
+
 @pytest.mark.parametrize("layout", ["F", "strided", "negative", "transposed"])
 def test_layouts(rng, dtype, layout):
     x = random_array(rng, (4, 5, 6), dtype)

@@ -115,7 +115,11 @@ static inline __attribute__((always_inline)) ln_moments block_welford(const E *x
  * ACCUMULATE(acc, v) is the new acc for loaded vector v.  Named accumulators,
  * not an array: GCC kept an array of them on the stack. */
 _Static_assert(LN_ACCUMULATORS == 4, "LN_PARTIAL_SUMS has four accumulators");
-#define LN_PARTIAL_SUMS(n, LOAD, ACCUMULATE)                                         \
+#define LN_PARTIAL_SUMS(n, LOAD, ACCUMULATE) \
+    LN_PARTIAL_SUMS_THEN(n, LOAD, ACCUMULATE, LN_ACCUMULATE_TAIL(acc3_, vectors_ * VL, (n) - vectors_ * VL, ACCUMULATE))
+/* ... of whole vectors only (n a multiple of VL) */
+#define LN_WHOLE_VECTOR_SUMS(n, LOAD, ACCUMULATE) LN_PARTIAL_SUMS_THEN(n, LOAD, ACCUMULATE, (void)0)
+#define LN_PARTIAL_SUMS_THEN(n, LOAD, ACCUMULATE, TAIL)                              \
     do {                                                                             \
         const int64_t vectors_ = (n) / VL;                                           \
         V acc0_ = vbroadcast(0), acc1_ = acc0_, acc2_ = acc0_, acc3_ = acc0_;        \
@@ -129,7 +133,7 @@ _Static_assert(LN_ACCUMULATORS == 4, "LN_PARTIAL_SUMS has four accumulators");
         if (v_ < vectors_) acc0_ = ACCUMULATE(acc0_, LOAD(v_ * VL));                 \
         if (v_ + 1 < vectors_) acc1_ = ACCUMULATE(acc1_, LOAD((v_ + 1) * VL));       \
         if (v_ + 2 < vectors_) acc2_ = ACCUMULATE(acc2_, LOAD((v_ + 2) * VL));       \
-        LN_ACCUMULATE_TAIL(acc3_, vectors_ * VL, (n) - vectors_ * VL, ACCUMULATE);   \
+        TAIL;                                                                        \
         return (acc0_ + acc2_) + (acc1_ + acc3_);                                    \
     } while (0)
 /* The elements after the whole vectors: one masked vector into acc3 (see
@@ -168,6 +172,39 @@ static inline __attribute__((always_inline)) V partial_squares(const E *x, const
 {
     LN_PARTIAL_SUMS(n, LN_LOAD_DATA, LN_ADD_SQUARE);
 }
+
+/* partial_shifted_sum and partial_squares of a row of whole vectors that
+ * also store each vector of x - shift (or of x, for the squares) in `kept`,
+ * where the passes that follow read it instead of loading and converting x
+ * again (see KEEPS_ROWS in forward_rows.c). */
+#define LN_ADD(acc, v) ((acc) + (v))
+#define LN_KEEP(i, VALUE) ({ const V kept_ = (VALUE); vstore_c(kept + (i), kept_); kept_; })
+#define LN_KEEP_SHIFTED(i) LN_KEEP(i, ln_add_on_fma(load_or_sum(x, addend, i), vshift_neg, vone))
+#define LN_KEEP_DATA(i) LN_KEEP(i, load_or_sum(x, addend, i))
+#define LN_LOAD_KEPT(i) vload_c(kept + (i))
+#define LN_ADD_KEPT_DEVIATION(acc, v) ({ const V deviation_ = (v) - vmean; vmuladd(deviation_, deviation_, acc); })
+static inline __attribute__((always_inline)) V partial_shifted_sum_keeping(const E *x, const E *addend, int64_t n, C shift, C *kept)
+{
+    const V vshift_neg = vbroadcast(-shift), vone = ln_opaque_one();
+    LN_WHOLE_VECTOR_SUMS(n, LN_KEEP_SHIFTED, LN_ADD);
+}
+static inline __attribute__((always_inline)) V partial_squares_keeping(const E *x, const E *addend, int64_t n, C *kept)
+{
+    LN_WHOLE_VECTOR_SUMS(n, LN_KEEP_DATA, LN_ADD_SQUARE);
+}
+/* partial_squared_deviations from the kept x - shift: the same values
+ * (ln_add_on_fma rounds x - shift as it did), so the same bits */
+static inline __attribute__((always_inline)) V partial_kept_squared_deviations(const C *kept, int64_t n, C mean)
+{
+    const V vmean = vbroadcast(mean);
+    LN_WHOLE_VECTOR_SUMS(n, LN_LOAD_KEPT, LN_ADD_KEPT_DEVIATION);
+}
+#undef LN_ADD
+#undef LN_KEEP
+#undef LN_KEEP_SHIFTED
+#undef LN_KEEP_DATA
+#undef LN_LOAD_KEPT
+#undef LN_ADD_KEPT_DEVIATION
 
 #undef LN_ADD_SHIFTED
 #undef LN_ADD_SQUARED_DEVIATION

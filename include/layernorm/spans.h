@@ -76,15 +76,20 @@ static inline void add_span(const E *x, const E *residual, E *sum_out, int64_t n
  * (see LN_STREAMED_SPAN).
  * normalized_of is the arithmetic, which normalized_v and normalized_tail_v
  * share: `data` is x (+ addend) as loaded, w and b the weight and bias
- * vectors where has_weight / has_bias. */
-static inline __attribute__((always_inline)) V normalized_of(V data, V vhi, V vlo, V vscale, int has_weight, V w,
-                                                             int has_bias, V b)
+ * vectors where has_weight / has_bias; normalized_centred takes it from
+ * (data - hi) - lo. */
+static inline __attribute__((always_inline)) V normalized_centred(V centred, V vscale, int has_weight, V w, int has_bias, V b)
 {
-    const V centred = (data - vhi) - vlo;
     if (has_weight && has_bias) return vmuladd(centred * vscale, w, b);
     if (has_weight) return centred * vscale * w;
     if (has_bias) return vmuladd(centred, vscale, b);
     return centred * vscale;
+}
+
+static inline __attribute__((always_inline)) V normalized_of(V data, V vhi, V vlo, V vscale, int has_weight, V w,
+                                                             int has_bias, V b)
+{
+    return normalized_centred((data - vhi) - vlo, vscale, has_weight, w, has_bias, b);
 }
 
 static inline __attribute__((always_inline)) V normalized_v(const E *x, const E *addend, int64_t i, V vhi, V vlo, V vscale,
@@ -153,6 +158,33 @@ static inline __attribute__((always_inline)) void normalize_span(const E *x, con
         if (bias) v += param_1(bias, storage, i);
         STORE1(y + i, v);
     }
+}
+
+/* normalize_span (not streamed) of a row of whole vectors from its kept
+ * x - hi (see partial_shifted_sum_keeping; for RMS norm x, with hi 0): the
+ * same arithmetic on the same values, so the same bits. */
+static inline __attribute__((always_inline)) void store_normalized_kept(const C *kept, E *y, int64_t n, V vlo, V vscale,
+                                                                        const void *weight, const void *bias, int storage)
+{
+#define LN_KEPT_NORMALIZED(i) normalized_centred(vload_c(kept + (i)) - vlo, vscale, weight != NULL,               \
+                                                 weight ? param_v(weight, storage, i) : vlo, bias != NULL, \
+                                                 bias ? param_v(bias, storage, i) : vlo)
+    int64_t i = 0;
+#ifdef LN_HAS_STOREV2
+    for (; i + 2 * VL <= n; i += 2 * VL) STOREV2(y + i, LN_KEPT_NORMALIZED(i), LN_KEPT_NORMALIZED(i + VL));
+#endif
+    for (; i < n; i += VL) STOREV(y + i, LN_KEPT_NORMALIZED(i));
+#undef LN_KEPT_NORMALIZED
+}
+
+static inline __attribute__((always_inline)) void normalize_kept(const C *kept, E *y, int64_t n, C lo, C scale,
+                                                                 const void *weight, const void *bias, int storage)
+{
+    const V vlo = vbroadcast(lo), vscale = vbroadcast(scale);
+    if (weight && bias) store_normalized_kept(kept, y, n, vlo, vscale, weight, bias, storage);
+    else if (weight) store_normalized_kept(kept, y, n, vlo, vscale, weight, NULL, storage);
+    else if (bias) store_normalized_kept(kept, y, n, vlo, vscale, NULL, bias, storage);
+    else store_normalized_kept(kept, y, n, vlo, vscale, NULL, NULL, storage);
 }
 
 /* normalize_span of two rows (not streamed) that share the weight and bias

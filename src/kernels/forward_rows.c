@@ -286,7 +286,7 @@ static inline __attribute__((always_inline)) C prepare_row(const ln_forward_args
  * pass, so that the rows are read in order. */
 static inline __attribute__((always_inline)) void short_rows_statistics(const ln_forward_args *a, int64_t first, int64_t count,
                                                                          const int folded, int sum_streamed, C *shift,
-                                                                         ln_moments *stats, const int64_t cols)
+                                                                         ln_moments *stats, const int64_t cols, C *kept)
 {
     const int rms = a->mode == LN_MODE_RMS_NORM;
     V partial[LN_MAX_ROW_GROUP];
@@ -299,14 +299,16 @@ static inline __attribute__((always_inline)) void short_rows_statistics(const ln
         store_row_sum(a, offset, sum_streamed);
         const row_data src = row_source(a, offset, sum_streamed);
         if (rms) {
-            partial[g] = partial_squares(src.data, src.addend, cols);
+            partial[g] = kept ? partial_squares_keeping(src.data, src.addend, cols, kept + g * cols)
+                              : partial_squares(src.data, src.addend, cols);
             continue;
         }
         /* the shift (the row's first value) from the row's first vector: with
          * a scalar load of the row's head first, (262144, 64) float32 took
          * 1.1x the time (1 thread, out of cache) */
         shift[g] = cols >= VL ? load_or_sum(src.data, src.addend, 0)[0] : load1_or_sum(src.data, src.addend, 0);
-        partial[g] = partial_shifted_sum(src.data, src.addend, cols, shift[g]);
+        partial[g] = kept ? partial_shifted_sum_keeping(src.data, src.addend, cols, shift[g], kept + g * cols)
+                          : partial_shifted_sum(src.data, src.addend, cols, shift[g]);
     }
     for (int64_t h = 0; h < folded; h += 8) lanes_sum_8(partial + h, sums + h);
     if (rms) {
@@ -327,8 +329,9 @@ static inline __attribute__((always_inline)) void short_rows_statistics(const ln
         tails[g] = g < count ? tail_shifted_sum(LN_ROW_SRC(g).data, LN_ROW_SRC(g).addend, cols, shift[g]) : 0;
     for (int64_t g = 0; g < folded; g++) mean[g] = (sums[g] + tails[g]) / (C)cols;
     for (int64_t g = 0; g < folded; g++)
-        partial[g] = g < count ? partial_squared_deviations(LN_ROW_SRC(g).data, LN_ROW_SRC(g).addend, cols, shift[g], mean[g])
-                               : vbroadcast(0);
+        partial[g] = g >= count ? vbroadcast(0)
+                     : kept     ? partial_kept_squared_deviations(kept + g * cols, cols, mean[g])
+                                : partial_squared_deviations(LN_ROW_SRC(g).data, LN_ROW_SRC(g).addend, cols, shift[g], mean[g]);
     for (int64_t h = 0; h < folded; h += 8) lanes_sum_8(partial + h, sums + h);
     for (int64_t g = 0; g < count; g++) {
         const row_data src = LN_ROW_SRC(g);
@@ -376,6 +379,24 @@ static inline __attribute__((always_inline)) void normalize_group_staged(const l
  * and bfloat16 (AVX2 bfloat16 (512, 64) 1.06x, float16 at AVX-512 0.97x). */
 #define PAIRS_ROWS (LN_VECTOR_BYTES >= 32 && (LN_DT == LN_DT_FLOAT32 || LN_DT == LN_DT_FLOAT64))
 
+/* Half-precision rows of at most LN_SHORT_GROUP_MAX_BYTES, of whole vectors,
+ * whose outputs are stored (not streamed, staged or prefetched for): the
+ * first statistics pass keeps each vector of x - shift (of x for RMS norm),
+ * converted to float32, in an L1 buffer, from which the second pass and the
+ * normalize pass read it; they no longer load and convert x again, nor
+ * subtract the shift.  The same bits (the same roundings of the same values;
+ * only which NaN a NaN output carries may differ).  A/B
+ * (bench/compare_builds.py) against converting x in each pass: in cache, 1
+ * thread, (4096, 128) float16 0.81x to 0.88x the time at AVX-512 (AVX2
+ * 0.88x), bfloat16 0.88x (AVX2 0.86x); (8192, 64) float16 0.89x to 0.91x
+ * (AVX2 0.92x), bfloat16 0.89x (AVX2 0.87x); rms (4096, 128) bfloat16
+ * 0.95x, fused add float16 0.88x.  2 threads, AVX-512, out of cache:
+ * (262144, 64) float16 0.93x to 0.97x (AVX2 0.93x), bfloat16 0.96x to
+ * 1.03x, rms float16 0.96x to 1.01x, fused add 0.98x to 1.02x; (131072, 128)
+ * float16 0.98x to 1.04x.  Not float32, whose in-cache rows take the paired
+ * normalize pass (PAIRS_ROWS) and have no conversions to save. */
+#define KEEPS_ROWS (LN_DT == LN_DT_FLOAT16 || LN_DT == LN_DT_BFLOAT16)
+
 /* GCC cannot see that both statistics paths set stats[g] for every g <
  * count before finish_rows reads them. */
 #pragma GCC diagnostic push
@@ -390,12 +411,17 @@ static inline __attribute__((always_inline)) void row_group_body(const ln_forwar
     C shift[LN_MAX_ROW_GROUP] = {0};
     ln_moments stats[LN_MAX_ROW_GROUP];
     row_transform t[LN_MAX_ROW_GROUP];
+    C *kept = NULL;
 #if LN_SHORT_ROW_MAX_COLS > 0
+    C kept_rows[LN_SHORT_ROW_GROUP * LN_SHORT_GROUP_MAX_BYTES / sizeof(E)] __attribute__((aligned(64)));
     if (cols <= LN_SHORT_ROW_MAX_COLS) {
         /* `folded` (count rounded up to sets of 8, the last padded with
          * zeros) a constant, so that the partial sums stay in registers */
-        if (count > LN_ROW_GROUP) short_rows_statistics(a, first, count, LN_SHORT_ROW_GROUP, plan.sum, shift, stats, cols);
-        else short_rows_statistics(a, first, count, LN_ROW_GROUP, plan.sum, shift, stats, cols);
+        if (KEEPS_ROWS && cols % VL == 0 && cols * (int64_t)sizeof(E) <= LN_SHORT_GROUP_MAX_BYTES && !plan.y && !plan.staged
+            && !plan.prefetch)
+            kept = kept_rows;
+        if (count > LN_ROW_GROUP) short_rows_statistics(a, first, count, LN_SHORT_ROW_GROUP, plan.sum, shift, stats, cols, kept);
+        else short_rows_statistics(a, first, count, LN_ROW_GROUP, plan.sum, shift, stats, cols, kept);
     } else
 #endif
     {
@@ -410,6 +436,12 @@ static inline __attribute__((always_inline)) void row_group_body(const ln_forwar
         }
     }
     finish_rows(a, first, count, shift, stats, t);
+    if (kept) {
+        for (int64_t g = 0; g < count; g++)
+            normalize_kept(kept + g * cols, (E *)a->y + (first + g) * cols, cols, t[g].lo, t[g].scale, a->weight, a->bias,
+                           a->params_in_storage_type);
+        return;
+    }
     if (plan.staged && count * cols >= 2 * VL) {
         normalize_group_staged(a, first, count, t, plan.sum, plan.prefetch, cols);
         return;
