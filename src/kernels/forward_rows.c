@@ -388,13 +388,15 @@ static inline __attribute__((always_inline)) void normalize_group_staged(const l
  * only which NaN a NaN output carries may differ).  A/B
  * (bench/compare_builds.py) against converting x in each pass: in cache, 1
  * thread, (4096, 128) float16 0.81x to 0.88x the time at AVX-512 (AVX2
- * 0.88x), bfloat16 0.88x (AVX2 0.86x); (8192, 64) float16 0.89x to 0.91x
+ * 0.88x), bfloat16 0.88x (AVX2 0.86x); (8192, 64) float16 0.88x to 0.91x
  * (AVX2 0.92x), bfloat16 0.89x (AVX2 0.87x); rms (4096, 128) bfloat16
  * 0.95x, fused add float16 0.88x.  2 threads, AVX-512, out of cache:
  * (262144, 64) float16 0.93x to 0.97x (AVX2 0.93x), bfloat16 0.96x to
  * 1.03x, rms float16 0.96x to 1.01x, fused add 0.98x to 1.02x; (131072, 128)
  * float16 0.98x to 1.04x.  Not float32, whose in-cache rows take the paired
- * normalize pass (PAIRS_ROWS) and have no conversions to save. */
+ * normalize pass (PAIRS_ROWS) and have no conversions to save: kept, (8192,
+ * 64) took 1.05x the time at AVX-512 and AVX2, (1024, 64) 1.08x, rms 1.08x,
+ * (65536, 64) at 2 threads 1.07x; only (4096, 32) at AVX2 gained (0.90x). */
 #define KEEPS_ROWS (LN_DT == LN_DT_FLOAT16 || LN_DT == LN_DT_BFLOAT16)
 
 /* GCC cannot see that both statistics paths set stats[g] for every g <
