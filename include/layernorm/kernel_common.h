@@ -418,6 +418,12 @@ static inline __attribute__((always_inline)) __m256i narrow_by_integers(V v)
     return _mm512_castsi512_si256(_mm512_permutexvar_epi16(odd_words, top));
 }
 #ifdef __AVX512BF16__
+/* NARROWV's integer narrowing out of line: inlined into every store, its
+ * constants took registers from the loops around it.  A/B, 2 threads,
+ * against inlined: forward NCHW (32, 64, 56, 56) 0.86x to 0.89x the time (1
+ * thread 0.86x), rms NCHW 0.84x, backward (4096, 768) and NCHW 0.97x; row
+ * forwards, fused adds and rms on rows 0.97x to 1.03x. */
+static __attribute__((noinline, cold)) __m256i narrow_subnormals(V v) { return narrow_by_integers(v); }
 /* The AVX512-BF16 variant (built beside the AVX-512 level, taken where the
  * CPU has the instruction): vcvtneps2bf16 rounds to nearest even and quiets
  * NaNs as narrow_by_integers does, but treats subnormal inputs as zero, so a
@@ -426,12 +432,6 @@ static inline __attribute__((always_inline)) __m256i narrow_by_integers(V v)
  * rounding: forward (4096, 768) 0.88x the time, (16384, 1024) 0.95x,
  * (262144, 64) 0.94x, NCHW (32, 64, 56, 56) 0.96x; rms (16384, 1024)
  * 0.93x, fused add (4096, 768) 0.92x, backward (16384, 1024) 0.95x. */
-/* The integer narrowing out of line: inlined into every store, its
- * constants took registers from the loops around it.  A/B, 2 threads,
- * against inlined: forward NCHW (32, 64, 56, 56) 0.86x to 0.89x the time (1
- * thread 0.86x), rms NCHW 0.84x, backward (4096, 768) and NCHW 0.97x; row
- * forwards, fused adds and rms on rows 0.97x to 1.03x. */
-static __attribute__((noinline, cold)) __m256i narrow_subnormals(V v) { return narrow_by_integers(v); }
 static inline __attribute__((always_inline)) __m256i NARROWV(V v)
 {
     const __mmask16 subnormal = _mm512_fpclass_ps_mask((__m512)v, 0x20);
