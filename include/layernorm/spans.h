@@ -19,6 +19,19 @@
 #define LN_STREAM_LINES(y, begin, end, VALUE) for (i = (begin); i < (end); i += VL) STREAMV((y) + i, (VALUE))
 #endif
 
+/* VALUE_AT(j) (a macro's name) stored at y + j for the whole vectors from i
+ * (a variable the caller starts) up to n; i is left after them.  In pairs of
+ * vectors where the storage type narrows two at once (LN_HAS_STOREV2). */
+#ifdef LN_HAS_STOREV2
+#define LN_STORE_VECTORS(y, n, VALUE_AT)                                                            \
+    do {                                                                                            \
+        for (; i + 2 * VL <= (n); i += 2 * VL) STOREV2((y) + i, VALUE_AT(i), VALUE_AT(i + VL));    \
+        for (; i + VL <= (n); i += VL) STOREV((y) + i, VALUE_AT(i));                                \
+    } while (0)
+#else
+#define LN_STORE_VECTORS(y, n, VALUE_AT) for (; i + VL <= (n); i += VL) STOREV((y) + i, VALUE_AT(i))
+#endif
+
 /* Store VALUE(i) (a V expression in i) at y + i for i in [0, n), with
  * streaming stores on y's whole 64-byte lines (n at least 2 * VL; see
  * ln_stream_rows).  The elements before the first whole line and after the
@@ -61,11 +74,9 @@ static inline void add_span(const E *x, const E *residual, E *sum_out, int64_t n
         return;
     }
     int64_t i = 0;
-#ifdef LN_HAS_STOREV2
-    for (; i + 2 * VL <= n; i += 2 * VL)
-        STOREV2(sum_out + i, LOADV(x + i) + LOADV(residual + i), LOADV(x + i + VL) + LOADV(residual + i + VL));
-#endif
-    for (; i + VL <= n; i += VL) STOREV(sum_out + i, LOADV(x + i) + LOADV(residual + i));
+#define LN_SUM_AT(j) (LOADV(x + (j)) + LOADV(residual + (j)))
+    LN_STORE_VECTORS(sum_out, n, LN_SUM_AT);
+#undef LN_SUM_AT
     for (; i < n; i++) STORE1(sum_out + i, LOAD1(x + i) + LOAD1(residual + i));
 }
 
@@ -112,19 +123,15 @@ static inline __attribute__((always_inline)) V normalized_tail_v(const E *x, con
 #endif
 
 /* normalized_v into y for the whole vectors of [0, n); returns where they
- * end.  In pairs where the storage type narrows two vectors at once
- * (LN_HAS_STOREV2).  Inlined with constant NULLs for each weight/bias case. */
+ * end.  Inlined with constant NULLs for each weight/bias case. */
 static inline __attribute__((always_inline)) int64_t store_normalized_vectors(const E *x, const E *addend, E *y, int64_t n,
                                                                               V vhi, V vlo, V vscale, const void *weight,
                                                                               const void *bias, int storage)
 {
     int64_t i = 0;
-#ifdef LN_HAS_STOREV2
-    for (; i + 2 * VL <= n; i += 2 * VL)
-        STOREV2(y + i, normalized_v(x, addend, i, vhi, vlo, vscale, weight, bias, storage),
-                normalized_v(x, addend, i + VL, vhi, vlo, vscale, weight, bias, storage));
-#endif
-    for (; i + VL <= n; i += VL) STOREV(y + i, normalized_v(x, addend, i, vhi, vlo, vscale, weight, bias, storage));
+#define LN_NORMALIZED_AT(j) normalized_v(x, addend, j, vhi, vlo, vscale, weight, bias, storage)
+    LN_STORE_VECTORS(y, n, LN_NORMALIZED_AT);
+#undef LN_NORMALIZED_AT
     return i;
 }
 
@@ -170,10 +177,7 @@ static inline __attribute__((always_inline)) void store_normalized_kept(const C 
                                                  weight ? param_v(weight, storage, i) : vlo, bias != NULL, \
                                                  bias ? param_v(bias, storage, i) : vlo)
     int64_t i = 0;
-#ifdef LN_HAS_STOREV2
-    for (; i + 2 * VL <= n; i += 2 * VL) STOREV2(y + i, LN_KEPT_NORMALIZED(i), LN_KEPT_NORMALIZED(i + VL));
-#endif
-    for (; i < n; i += VL) STOREV(y + i, LN_KEPT_NORMALIZED(i));
+    LN_STORE_VECTORS(y, n, LN_KEPT_NORMALIZED);
 #undef LN_KEPT_NORMALIZED
 }
 
