@@ -100,11 +100,12 @@ def test_out_sum_out_and_in_place(rng, dtype, axis):
     assert np.array_equal(r.view(np.uint16), es.view(np.uint16))
 
 
-@pytest.mark.parametrize("shape", [(600, 64), (45, 128), (17, 32)])
+@pytest.mark.parametrize("shape", [(600, 64), (45, 128), (17, 32), (40, 768), (9, 1024), (20, 512)])
 def test_short_rows_in_place(simd, rng, dtype, shape):
-    """Short rows are kept in float32 between the passes (KEEPS_ROWS in
-    forward_rows.c): in place, every row must still be read before it is
-    written, giving the bits of a fresh output."""
+    """Short rows (and bfloat16's rows of up to 1024 in small calls) are kept
+    in float32 between the passes (keeps_rows in forward_rows.c): in place,
+    every row must still be read before it is written, giving the bits of a
+    fresh output."""
     x, r = random_array(rng, shape, dtype, offset=0.5), random_array(rng, shape, dtype)
     expected, expected_rms = ln.layer_norm(x), ln.rms_norm(x)
     ey, es = ln.add_layer_norm(x, r)
