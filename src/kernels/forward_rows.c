@@ -399,23 +399,26 @@ static inline __attribute__((always_inline)) void normalize_group_staged(const l
  * (65536, 64) at 2 threads 1.07x; only (4096, 32) at AVX2 gained (0.90x). */
 #define KEEPS_ROWS (LN_DT == LN_DT_FLOAT16 || LN_DT == LN_DT_BFLOAT16)
 /* Longer rows (up to LN_SHORT_ROW_MAX_COLS, 8-row groups, a buffer of up to
- * 32 KB) are kept only for bfloat16 layer norm in calls whose x takes less
- * than LN_PREFETCH_MIN_BYTES (found in L3 by a loop).  A/B, AVX-512, 2
- * threads unless stated: (4096, 768) bfloat16 0.89x to 0.95x the time (AVX2
- * 0.89x), fused add 0.93x, (2048, 1024) 0.97x; 1 thread (2048, 512) 0.85x,
- * (512, 768) 0.91x, (1024, 768) 0.92x (AVX2 0.92x).  float16 gained less
- * and not everywhere ((4096, 768) 0.96x to 1.00x, AVX2 1.00x; (2048, 1024)
- * 1.06x; 1 thread (2048, 512) 0.91x, AVX2 (1024, 768) 1.04x); RMS norm, with
- * one statistics pass to save, lost ((4096, 768) bfloat16 1.20x, float16
+ * 32 KB) are kept only for bfloat16 layer norm in calls whose x takes at
+ * most KEPT_LONG_ROWS_MAX_BYTES (in the L2 caches).  A/B, AVX-512, 2
+ * threads unless stated: (1024, 768) bfloat16 0.91x the time (1 thread
+ * 0.92x, AVX2 0.91x), (512, 768) 0.93x (1 thread 0.91x), (2048, 512) 0.87x
+ * (1 thread 0.86x), (1024, 1024) 0.97x; the fused add (1024, 768) 1.00x.
+ * From L3 the gain went: (4096, 768) 1.06x at 1 thread, 0.95x to 1.05x at 2
+ * threads from one spell of the host to the next; (2048, 1024) 1.08x and
+ * 1.10x.  float16 gained less and not everywhere ((4096, 768) 0.96x to
+ * 1.00x, (2048, 1024) 1.06x, AVX2 (1024, 768) 1.04x); RMS norm, with one
+ * statistics pass to save, lost ((4096, 768) bfloat16 1.20x, float16
  * 1.05x); and calls from memory lost ((65536, 256) float16 1.05x to 1.20x,
  * (32768, 512) 1.14x with the next group prefetched). */
+#define KEPT_LONG_ROWS_MAX_BYTES ((int64_t)2 << 20)
 static inline int keeps_rows(const ln_forward_args *a, int64_t cols, memory_plan plan)
 {
     const int64_t row_bytes = cols * (int64_t)sizeof(E);
     if (!KEEPS_ROWS || cols % VL != 0 || plan.y || plan.staged || plan.prefetch) return 0;
     return row_bytes <= LN_SHORT_GROUP_MAX_BYTES
            || (LN_DT == LN_DT_BFLOAT16 && a->mode != LN_MODE_RMS_NORM && cols <= LN_SHORT_ROW_MAX_COLS
-               && a->layout.outer * row_bytes < LN_PREFETCH_MIN_BYTES);
+               && a->layout.outer * row_bytes <= KEPT_LONG_ROWS_MAX_BYTES);
 }
 #if LN_SHORT_ROW_MAX_COLS > 0
 _Static_assert(LN_SHORT_ROW_GROUP * (LN_SHORT_GROUP_MAX_BYTES / sizeof(E)) <= LN_ROW_GROUP * LN_SHORT_ROW_MAX_COLS,
