@@ -173,6 +173,56 @@ static inline __attribute__((always_inline)) V partial_squares(const E *x, const
     LN_PARTIAL_SUMS(n, LN_LOAD_DATA, LN_ADD_SQUARE);
 }
 
+/* partial_shifted_sum and, into *squares, the partial sums of (x - shift)^2:
+ * both moments in one read of the row (see LN_ONE_PASS_MOMENTS in
+ * forward_rows.c).  Eight accumulators, four a sum. */
+#define LN_SUM_AND_SQUARE(s, q, d)                                   \
+    do {                                                             \
+        const V d_ = (d);                                            \
+        (s) += d_;                                                   \
+        (q) = vmuladd(d_, d_, (q));                                  \
+    } while (0)
+#define LN_SUMS_AND_SQUARES(n, LOAD)                                                          \
+    do {                                                                                      \
+        const int64_t vectors_ = (n) / VL;                                                    \
+        V s0_ = vbroadcast(0), s1_ = s0_, s2_ = s0_, s3_ = s0_, q0_ = s0_, q1_ = s0_, q2_ = s0_, q3_ = s0_; \
+        int64_t v_ = 0;                                                                       \
+        for (; v_ + 4 <= vectors_; v_ += 4) {                                                 \
+            LN_SUM_AND_SQUARE(s0_, q0_, LOAD(v_ * VL));                                       \
+            LN_SUM_AND_SQUARE(s1_, q1_, LOAD((v_ + 1) * VL));                                 \
+            LN_SUM_AND_SQUARE(s2_, q2_, LOAD((v_ + 2) * VL));                                 \
+            LN_SUM_AND_SQUARE(s3_, q3_, LOAD((v_ + 3) * VL));                                 \
+        }                                                                                     \
+        if (v_ < vectors_) LN_SUM_AND_SQUARE(s0_, q0_, LOAD(v_ * VL));                        \
+        if (v_ + 1 < vectors_) LN_SUM_AND_SQUARE(s1_, q1_, LOAD((v_ + 1) * VL));              \
+        if (v_ + 2 < vectors_) LN_SUM_AND_SQUARE(s2_, q2_, LOAD((v_ + 2) * VL));              \
+        LN_SUMS_AND_SQUARES_TAIL(s3_, q3_, vectors_ * VL, (n) - vectors_ * VL);              \
+        *squares = (q0_ + q2_) + (q1_ + q3_);                                                 \
+        return (s0_ + s2_) + (s1_ + s3_);                                                     \
+    } while (0)
+static inline __attribute__((always_inline)) V partial_shifted_sum_squares(const E *x, const E *addend, int64_t n, C shift,
+                                                                            V *squares)
+{
+    const V vshift_neg = vbroadcast(-shift), vone = ln_opaque_one();
+#if LN_MASKED_TAILS
+#define LN_SUMS_AND_SQUARES_TAIL(s, q, i, count)                                                \
+    do {                                                                                        \
+        if ((count) > 0) {                                                                      \
+            V s_ = (s), q_ = (q);                                                               \
+            LN_SUM_AND_SQUARE(s_, q_, ln_add_on_fma(load_tail_or_sum(x, addend, (i), (count)), vshift_neg, vone)); \
+            (s) = ln_blend_lanes_below((s), s_, (count));                                       \
+            (q) = ln_blend_lanes_below((q), q_, (count));                                       \
+        }                                                                                       \
+    } while (0)
+#else
+#define LN_SUMS_AND_SQUARES_TAIL(s, q, i, count) do { } while (0)
+#endif
+#define LN_LOAD_SHIFTED(i) ln_add_on_fma(load_or_sum(x, addend, i), vshift_neg, vone)
+    LN_SUMS_AND_SQUARES(n, LN_LOAD_SHIFTED);
+#undef LN_LOAD_SHIFTED
+#undef LN_SUMS_AND_SQUARES_TAIL
+}
+
 /* partial_shifted_sum and partial_squares of a row of whole vectors that
  * also store each vector of x - shift (or of x, for the squares) in `kept`,
  * where the passes that follow read it instead of loading and converting x
@@ -192,6 +242,18 @@ static inline __attribute__((always_inline)) V partial_squares_keeping(const E *
 {
     LN_WHOLE_VECTOR_SUMS(n, LN_KEEP_DATA, LN_ADD_SQUARE);
 }
+/* partial_shifted_sum_squares of a row of whole vectors, keeping x - shift
+ * (the same values) */
+static inline __attribute__((always_inline)) V partial_shifted_sum_squares_keeping(const E *x, const E *addend, int64_t n, C shift,
+                                                                                    C *kept, V *squares)
+{
+    const V vshift_neg = vbroadcast(-shift), vone = ln_opaque_one();
+#define LN_SUMS_AND_SQUARES_TAIL(s, q, i, count) do { } while (0)
+    LN_SUMS_AND_SQUARES(n, LN_KEEP_SHIFTED);
+#undef LN_SUMS_AND_SQUARES_TAIL
+}
+#undef LN_SUMS_AND_SQUARES
+#undef LN_SUM_AND_SQUARE
 /* partial_squared_deviations from the kept x - shift: the same values
  * (ln_add_on_fma rounds x - shift as it did), so the same bits */
 static inline __attribute__((always_inline)) V partial_kept_squared_deviations(const C *kept, int64_t n, C mean)

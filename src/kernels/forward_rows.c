@@ -275,6 +275,24 @@ static inline __attribute__((always_inline)) C prepare_row(const ln_forward_args
 #define LN_SHORT_ROW_MAX_COLS 0
 #endif
 
+/* Half-precision layer norm rows of at least LN_ONE_PASS_MIN_COLS take both
+ * moments in one pass, sum (x - shift) and sum (x - shift)^2, with the mean
+ * of the row's first LN_SHIFT_VECTORS vectors as the shift.  Then
+ * m2 = sum d^2 - n mean(d)^2 loses to cancellation the factor
+ * sum d^2 / m2 = 1 + ((shift - mean) / sd)^2 (never more than
+ * cols / (LN_SHIFT_VECTORS * VL)), so rows where that exceeds
+ * LN_ONE_PASS_MAX_SPREAD (a trend, outliers among the first values, an
+ * overflow) take the second pass as before, from the same shift.
+ * Half-precision rows are bound by their arithmetic, and that second pass
+ * loaded and converted x again. */
+#define LN_ONE_PASS_MOMENTS (LN_DT == LN_DT_FLOAT16 || LN_DT == LN_DT_BFLOAT16)
+#define LN_ONE_PASS_MIN_COLS 128
+#define LN_ONE_PASS_MAX_SPREAD 2.0
+/* 64 values at AVX-512 (32 at AVX2): on Gaussian rows the shift's distance
+ * from the mean is then about sd / 8, and the factor above about 1.02 */
+#define LN_SHIFT_VECTORS 4
+_Static_assert(LN_ONE_PASS_MIN_COLS >= LN_SHIFT_VECTORS * LN_LANES, "the shift's vectors must lie in the row");
+
 #if LN_SHORT_ROW_MAX_COLS > 0
 /* Statistics of a group of short rows (cols <= LN_SHORT_ROW_MAX_COLS), while
  * the group sits in L1/L2: layer norm by two passes, the sum of the shifted
@@ -289,11 +307,12 @@ static inline __attribute__((always_inline)) void short_rows_statistics(const ln
                                                                          ln_moments *stats, const int64_t cols, C *kept)
 {
     const int rms = a->mode == LN_MODE_RMS_NORM;
-    V partial[LN_MAX_ROW_GROUP];
-    C sums[LN_MAX_ROW_GROUP], mean[LN_MAX_ROW_GROUP];
+    const int one_pass = LN_ONE_PASS_MOMENTS && !rms && cols >= LN_ONE_PASS_MIN_COLS;
+    V partial[LN_MAX_ROW_GROUP], partial_sq[LN_MAX_ROW_GROUP];
+    C sums[LN_MAX_ROW_GROUP], mean[LN_MAX_ROW_GROUP], squares[LN_MAX_ROW_GROUP];
 #define LN_ROW_SRC(g) row_source(a, (first + (g)) * cols, sum_streamed)
     for (int64_t g = 0; g < folded; g++) {
-        partial[g] = vbroadcast(0);
+        partial[g] = partial_sq[g] = vbroadcast(0);
         if (g >= count) continue;
         const int64_t offset = (first + g) * cols;
         store_row_sum(a, offset, sum_streamed);
@@ -306,6 +325,16 @@ static inline __attribute__((always_inline)) void short_rows_statistics(const ln
         /* the shift (the row's first value) from the row's first vector: with
          * a scalar load of the row's head first, (262144, 64) float32 took
          * 1.1x the time (1 thread, out of cache) */
+        if (one_pass) {
+            /* the mean of the row's first LN_SHIFT_VECTORS vectors */
+            const V first_sum = (load_or_sum(src.data, src.addend, 0) + load_or_sum(src.data, src.addend, VL))
+                                + (load_or_sum(src.data, src.addend, 2 * VL) + load_or_sum(src.data, src.addend, 3 * VL));
+            shift[g] = lanes_sum(first_sum) * (C)(1.0 / (LN_SHIFT_VECTORS * VL));
+            partial[g] = kept ? partial_shifted_sum_squares_keeping(src.data, src.addend, cols, shift[g], kept + g * cols,
+                                                                    &partial_sq[g])
+                              : partial_shifted_sum_squares(src.data, src.addend, cols, shift[g], &partial_sq[g]);
+            continue;
+        }
         shift[g] = cols >= VL ? load_or_sum(src.data, src.addend, 0)[0] : load1_or_sum(src.data, src.addend, 0);
         partial[g] = kept ? partial_shifted_sum_keeping(src.data, src.addend, cols, shift[g], kept + g * cols)
                           : partial_shifted_sum(src.data, src.addend, cols, shift[g]);
@@ -328,6 +357,30 @@ static inline __attribute__((always_inline)) void short_rows_statistics(const ln
     for (int64_t g = 0; g < folded; g++)
         tails[g] = g < count ? tail_shifted_sum(LN_ROW_SRC(g).data, LN_ROW_SRC(g).addend, cols, shift[g]) : 0;
     for (int64_t g = 0; g < folded; g++) mean[g] = (sums[g] + tails[g]) / (C)cols;
+    if (one_pass) {
+        for (int64_t h = 0; h < folded; h += 8) lanes_sum_8(partial_sq + h, squares + h);
+        for (int64_t g = 0; g < count; g++) {
+            const row_data src = LN_ROW_SRC(g);
+            /* the sum of squared deviations from the very mean returned,
+             * sum (d - m)^2 = sum d^2 - m (2 sum d - n m), in float64 */
+            const C tail_squares = tail_squared_deviations(src.data, src.addend, cols, shift[g], 0);
+            const double q = (double)squares[g] + (double)tail_squares, m = (double)mean[g];
+            double m2 = q - m * (2 * ((double)sums[g] + (double)tails[g]) - (double)cols * m);
+            int finite = isfinite(mean[g]);
+            if (!(isfinite(q) && LN_ONE_PASS_MAX_SPREAD * m2 >= q)) {
+                /* the shift is too far from the mean (or a sum overflowed):
+                 * the second pass, as without LN_ONE_PASS_MOMENTS */
+                const C deviations = lanes_sum(kept ? partial_kept_squared_deviations(kept + g * cols, cols, mean[g])
+                                                    : partial_squared_deviations(src.data, src.addend, cols, shift[g], mean[g]));
+                const C tail = tail_squared_deviations(src.data, src.addend, cols, shift[g], mean[g]);
+                m2 = (double)deviations + (double)tail;
+                finite = finite && isfinite(deviations) && isfinite(tail);
+            }
+            stats[g] = (ln_moments){(double)cols, mean[g], m2};
+            if (!finite) stats[g] = float64_statistics(src.data, src.addend, cols, 1, shift[g], 0);
+        }
+        return;
+    }
     for (int64_t g = 0; g < folded; g++)
         partial[g] = g >= count ? vbroadcast(0)
                      : kept     ? partial_kept_squared_deviations(kept + g * cols, cols, mean[g])
