@@ -209,6 +209,30 @@ def _ordered_bits(a):
     return np.where(bits & 0x8000, 0x8000 - bits, bits)
 
 
+ONE_PASS_KINDS = ["gaussian", "offset", "small spread", "trend", "outliers first", "two levels", "first 64 apart"]
+
+
+def one_pass_rows(rng, kind, rows, cols):
+    """Rows of `kind` (ONE_PASS_KINDS) for the tests of the one-pass moments
+    (forward_rows.c, LN_ONE_PASS_MOMENTS): the first three kinds keep them,
+    the rest have a shift (the mean of the first 64 or 32 values) too far
+    from the mean and take the second pass, or would lose accuracy without it."""
+    x = rng.standard_normal((rows, cols))
+    if kind == "offset":
+        x += 100.0
+    elif kind == "small spread":
+        x = 3.0 + 1e-2 * x
+    elif kind == "trend":
+        x = np.linspace(-3.0, 5.0, cols) + 0.1 * x
+    elif kind == "outliers first":
+        x[:, :3] = 50.0
+    elif kind == "two levels":
+        x[:, cols // 2:] += 8.0
+    elif kind == "first 64 apart":
+        x[:, :64] += 20.0
+    return x
+
+
 def ulp_distance(a, b):
     """Units in the last place between two float16 or two bfloat16 arrays."""
     a, b = np.asarray(a), np.asarray(b)

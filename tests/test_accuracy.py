@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 
 import layernorm as ln
-from conftest import FLOAT32, FLOAT64, assert_close, random_array, ref, use_threads
+from conftest import FLOAT32, FLOAT64, ONE_PASS_KINDS, assert_close, one_pass_rows, random_array, ref, use_threads
 
 OFFSETS = [1e2, 1e4, 3e4, -3e4]
 FLOATS = [pytest.param(FLOAT32, id="float32"), pytest.param(FLOAT64, id="float64")]
@@ -75,3 +75,22 @@ def test_constant_offset_rows_are_exact(simd):
         y, mean, rstd = ln.layer_norm(x, eps=0.0, return_stats=True)
         assert mean[0, 0] == np.float32(c)
         assert_close(y, (d / np.sqrt(1.25)).reshape(1, -1))
+
+
+@pytest.mark.parametrize("cols", [128, 768, 1000])
+@pytest.mark.parametrize("kind", ONE_PASS_KINDS)
+def test_one_pass_moments_and_their_fallback(simd, rng, kind, cols):
+    """float32 rows of 128 elements or more take both moments in one pass,
+    shifted by the mean of their first 64 (AVX2: 32) values; rows whose shift
+    lies too far from the mean take the second pass.  Either way rstd within
+    5e-7 relative, the mean within 2e-7 of the row's largest value, and y
+    within 5e-7 of that value normalized (without the second pass, the
+    "first 64 apart" rows' rstd missed by 1.8e-6)."""
+    x = one_pass_rows(rng, kind, 256, cols).astype(FLOAT32)
+    y, mean, rstd = ln.layer_norm(x, return_stats=True)
+    ry, rmean, rrstd = ref.layer_norm(x, -1)
+    magnitude = np.max(np.abs(x.astype(np.float64)), axis=-1, keepdims=True)
+    assert np.max(np.abs(rstd - rrstd) / rrstd) <= 5e-7, "rstd"
+    assert np.max(np.abs(mean - rmean) / magnitude) <= 2e-7, "mean"
+    assert np.max(np.abs(y - ry) / (magnitude * rrstd)) <= 5e-7, "y"
+    assert np.array_equal(ln.add_layer_norm(x, np.zeros_like(x))[0], y)

@@ -275,17 +275,18 @@ static inline __attribute__((always_inline)) C prepare_row(const ln_forward_args
 #define LN_SHORT_ROW_MAX_COLS 0
 #endif
 
-/* Half-precision layer norm rows of at least LN_ONE_PASS_MIN_COLS take both
- * moments in one pass, sum (x - shift) and sum (x - shift)^2, with the mean
- * of the row's first LN_SHIFT_VECTORS vectors as the shift.  Then
+/* Layer norm rows of at least LN_ONE_PASS_MIN_COLS on the short-row path
+ * (float32, float16 and bfloat16 at AVX2 and AVX-512) take both moments in
+ * one pass, sum (x - shift) and sum (x - shift)^2, with the mean of the
+ * row's first LN_SHIFT_VECTORS vectors as the shift.  Then
  * m2 = sum d^2 - n mean(d)^2 loses to cancellation the factor
  * sum d^2 / m2 = 1 + ((shift - mean) / sd)^2 (never more than
  * cols / (LN_SHIFT_VECTORS * VL)), so rows where that exceeds
  * LN_ONE_PASS_MAX_SPREAD (a trend, outliers among the first values, an
- * overflow) take the second pass as before, from the same shift.
- * Half-precision rows are bound by their arithmetic, and that second pass
- * loaded and converted x again. */
-#define LN_ONE_PASS_MOMENTS (LN_DT == LN_DT_FLOAT16 || LN_DT == LN_DT_BFLOAT16)
+ * overflow) take the second pass as before, from the same shift.  The
+ * second pass loaded x again (and converted half precision): rows in cache
+ * and half-precision rows are bound by that arithmetic, not by memory. */
+#define LN_ONE_PASS_MOMENTS 1
 #define LN_ONE_PASS_MIN_COLS 128
 #define LN_ONE_PASS_MAX_SPREAD 2.0
 /* 64 values at AVX-512 (32 at AVX2): on Gaussian rows the shift's distance
@@ -297,7 +298,8 @@ _Static_assert(LN_ONE_PASS_MIN_COLS >= LN_SHIFT_VECTORS * LN_LANES, "the shift's
 /* Statistics of a group of short rows (cols <= LN_SHORT_ROW_MAX_COLS), while
  * the group sits in L1/L2: layer norm by two passes, the sum of the shifted
  * data, then the sum of squared deviations from its mean (m2 is centred on
- * the very mean returned); RMS norm by the sum of squares.  The lane sums of
+ * the very mean returned), or in one pass where LN_ONE_PASS_MOMENTS allows;
+ * RMS norm by the sum of squares.  The lane sums of
  * the group's rows are folded together (lanes_sum_8): on rows of 64 elements
  * the per-row latency of Welford's lane merge and of one-row reductions, not
  * the bytes, set the time.  Each row's fused add comes just before its first
