@@ -285,7 +285,20 @@ static inline __attribute__((always_inline)) C prepare_row(const ln_forward_args
  * LN_ONE_PASS_MAX_SPREAD (a trend, outliers among the first values, an
  * overflow) take the second pass as before, from the same shift.  The
  * second pass loaded x again (and converted half precision): rows in cache
- * and half-precision rows are bound by that arithmetic, not by memory. */
+ * and half-precision rows are bound by that arithmetic, not by memory.
+ * A/B (bench/compare_builds.py) against two passes, 2 threads, AVX-512:
+ * float16 (4096, 768) 0.82x to 0.85x the time, (16384, 1024) 0.84x,
+ * (65536, 256) 0.87x, (131072, 128) 0.96x; bfloat16 0.86x to 0.88x, 0.87x
+ * to 0.93x, 0.93x and 1.03x; float32 (1024, 768) 0.87x to 0.90x, (4096, 768)
+ * 0.93x to 0.96x, (16384, 1024) 0.96x, (131072, 128) 0.89x, the fused add
+ * (4096, 768) 0.86x (float16 0.91x); 1 thread (64, 768) 0.89x; AVX2
+ * (4096, 768) float32 0.94x, float16 0.87x, bfloat16 0.89x, (1024, 768)
+ * float32 0.86x.  Rows of 64 run the code as before: float16 (262144, 64)
+ * read 1.04x to 1.07x, and as much with the one pass compiled out, so the
+ * code's placement, not its work.  With the first vector's mean as the
+ * shift (z about 4x larger at AVX2) the worst float16 rstd error of 20000
+ * Gaussian rows of 1000 went from 1.1e-7 to 3.9e-7 at AVX2; with four
+ * vectors' mean it is 2.6e-7 (1.2e-7 at AVX-512, as with two passes). */
 #define LN_ONE_PASS_MOMENTS 1
 #define LN_ONE_PASS_MIN_COLS 128
 #define LN_ONE_PASS_MAX_SPREAD 2.0
