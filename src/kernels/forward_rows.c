@@ -286,7 +286,9 @@ static inline __attribute__((always_inline)) C prepare_row(const ln_forward_args
  * overflow) take the second pass as before, from the same shift.  The
  * second pass loaded x again (and converted half precision): rows in cache
  * and half-precision rows are bound by that arithmetic, not by memory.
- * A/B (bench/compare_builds.py) against two passes, 2 threads, AVX-512:
+ * A/B (bench/compare_builds.py) against two passes, 2 threads, AVX-512
+ * (the half-precision (65536, 256) figures and the lower ends of the
+ * half-precision ranges with the first vector's mean as the shift):
  * float16 (4096, 768) 0.82x to 0.85x the time, (16384, 1024) 0.84x,
  * (65536, 256) 0.87x, (131072, 128) 0.96x; bfloat16 0.86x to 0.88x, 0.87x
  * to 0.93x, 0.93x and 1.03x; float32 (1024, 768) 0.87x to 0.90x, (4096, 768)
@@ -296,9 +298,10 @@ static inline __attribute__((always_inline)) C prepare_row(const ln_forward_args
  * float32 0.86x.  Rows of 64 run the code as before: float16 (262144, 64)
  * read 1.04x to 1.07x, and as much with the one pass compiled out, so the
  * code's placement, not its work.  With the first vector's mean as the
- * shift (z about 4x larger at AVX2) the worst float16 rstd error of 20000
- * Gaussian rows of 1000 went from 1.1e-7 to 3.9e-7 at AVX2; with four
- * vectors' mean it is 2.6e-7 (1.2e-7 at AVX-512, as with two passes). */
+ * shift (a quarter of the values: twice as far from the mean) the worst
+ * float16 rstd error of 20000 Gaussian rows of 1000 went from 1.1e-7 to
+ * 3.9e-7 at AVX2; with four vectors' mean it is 2.6e-7 (1.2e-7 at
+ * AVX-512, as with two passes). */
 #define LN_ONE_PASS_MOMENTS 1
 #define LN_ONE_PASS_MIN_COLS 128
 #define LN_ONE_PASS_MAX_SPREAD 2.0
