@@ -158,11 +158,12 @@ def test_rounded_once(simd, dtype):
 @pytest.mark.parametrize("kind", ONE_PASS_KINDS)
 def test_statistics_of_rows_of_128_or_more(simd, rng, dtype, cols, kind):
     """Half-precision layer norm takes both moments of rows of 128 elements
-    or more in one pass, shifted by the mean of the row's first vector, and
-    takes a second pass where that shift lies too far from the mean.  Either
-    way the float32 statistics stay within a few float32 roundings of the
-    float64 ones (rstd relative to itself, the mean to the row's largest
-    value) and y within 1 ulp; the fused add's are the same bits."""
+    or more in one pass, shifted by the mean of the row's first 64 (AVX2: 32)
+    values, and takes a second pass where that shift lies too far from the
+    mean.  Either way the float32 statistics stay within a few float32
+    roundings of the float64 ones (rstd relative to itself, the mean to the
+    row's largest value) and y within 1 ulp; the fused add's are the same
+    bits."""
     x = one_pass_rows(rng, kind, 64, cols).astype(dtype)
     y, mean, rstd = ln.layer_norm(x, return_stats=True)
     ry, rmean, rrstd = ref.layer_norm(x, -1)
@@ -172,8 +173,8 @@ def test_statistics_of_rows_of_128_or_more(simd, rng, dtype, cols, kind):
     assert_within_ulp(y, ry, dtype, atol=max(2e-6, 2e-7 * np.max(magnitude * rrstd)), what="y")
     assert np.max(np.abs(rstd64 - rrstd) / rrstd) <= 1e-6, "rstd"
     assert np.max(np.abs(mean.astype(np.float64) - np.asarray(rmean, np.float64)) / magnitude) <= 1e-6, "mean"
-    s, total = ln.add_layer_norm(x, np.zeros_like(x))
-    assert np.array_equal(s.view(np.uint16), y.view(np.uint16))
+    fused_y, _ = ln.add_layer_norm(x, np.zeros_like(x))
+    assert np.array_equal(fused_y.view(np.uint16), y.view(np.uint16))
 
 
 def test_empty(dtype):

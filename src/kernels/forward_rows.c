@@ -340,9 +340,6 @@ static inline __attribute__((always_inline)) void short_rows_statistics(const ln
                               : partial_squares(src.data, src.addend, cols);
             continue;
         }
-        /* the shift (the row's first value) from the row's first vector: with
-         * a scalar load of the row's head first, (262144, 64) float32 took
-         * 1.1x the time (1 thread, out of cache) */
         if (one_pass) {
             /* the mean of the row's first LN_SHIFT_VECTORS vectors */
             const V first_sum = (load_or_sum(src.data, src.addend, 0) + load_or_sum(src.data, src.addend, VL))
@@ -353,6 +350,9 @@ static inline __attribute__((always_inline)) void short_rows_statistics(const ln
                               : partial_shifted_sum_squares(src.data, src.addend, cols, shift[g], &partial_sq[g]);
             continue;
         }
+        /* the shift (the row's first value) from the row's first vector: with
+         * a scalar load of the row's head first, (262144, 64) float32 took
+         * 1.1x the time (1 thread, out of cache) */
         shift[g] = cols >= VL ? load_or_sum(src.data, src.addend, 0)[0] : load1_or_sum(src.data, src.addend, 0);
         partial[g] = kept ? partial_shifted_sum_keeping(src.data, src.addend, cols, shift[g], kept + g * cols)
                           : partial_shifted_sum(src.data, src.addend, cols, shift[g]);
