@@ -21,6 +21,8 @@ BACKWARD_OUTPUT_BYTES = 11 << 20                   # x, dy and dx: 33 MB
 @pytest.mark.parametrize("dtype", ALL_DTYPES)
 @pytest.mark.parametrize("rows_kind", ["many rows", "2 KB rows", "short rows", "split rows"])
 def test_streamed_outputs_have_the_bits_of_small_calls(simd, rng, dtype, rows_kind):
+    """Every row of a streamed (or staged) output has the bits of calls on
+    fewer rows, which are not streamed."""
     itemsize = np.dtype(dtype).itemsize
     if rows_kind != "split rows":
         cols = {"many rows": 4096, "2 KB rows": 2048 // itemsize, "short rows": 64}[rows_kind]
@@ -37,6 +39,9 @@ def test_streamed_outputs_have_the_bits_of_small_calls(simd, rng, dtype, rows_ki
     with use_threads(2):
         fresh = ln.layer_norm(x, -1, weight, bias)
         assert fresh[probe].tobytes() == expected.tobytes()
+        if rows_kind != "split rows":
+            unstreamed = in_unstreamed_calls(shape[0], lambda part: ln.layer_norm(x[part], -1, weight, bias))
+            assert fresh.tobytes() == unstreamed.tobytes()
         # y not on a 64-byte line; the last one on a 32-byte vector boundary
         # (a whole AVX2 vector), half a line in
         for offset in (1, 3, 32 // itemsize):
@@ -45,11 +50,25 @@ def test_streamed_outputs_have_the_bits_of_small_calls(simd, rng, dtype, rows_ki
             assert out.tobytes() == fresh.tobytes(), f"output offset {offset} changed the bits"
         rms = ln.rms_norm(x, -1, weight, eps=1e-6)
         assert rms[probe].tobytes() == ln.rms_norm(x[probe], -1, weight, eps=1e-6).tobytes()
+        if rows_kind != "split rows":
+            unstreamed = in_unstreamed_calls(shape[0], lambda part: ln.rms_norm(x[part], -1, weight, eps=1e-6))
+            assert rms.tobytes() == unstreamed.tobytes()
         in_place = x.copy()
         ln.layer_norm(in_place, -1, weight, bias, out=in_place)
         assert in_place.tobytes() == fresh.tobytes(), "in place (x is y) changed the bits"
     with use_threads(1):
         assert ln.layer_norm(x, -1, weight, bias).tobytes() == fresh.tobytes()
+
+
+def in_unstreamed_calls(rows, call):
+    """call(part) on slices of a quarter of the rows each, calls whose arrays
+    take under 32 MB, so that none is streamed or staged; their outputs
+    concatenated."""
+    step = -(-rows // 4)
+    parts = [call(slice(i, i + step)) for i in range(0, rows, step)]
+    if isinstance(parts[0], tuple):
+        return tuple(np.concatenate(outputs) for outputs in zip(*parts))
+    return np.concatenate(parts)
 
 
 def backward_at_two_threads(rng, shape, dtype):
@@ -124,6 +143,10 @@ def test_streamed_fused_add_has_the_bits_of_small_calls(simd, rng, dtype, cols):
     with use_threads(2):
         y, s = ln.add_layer_norm(x, r, -1, weight, bias)
         assert y[probe].tobytes() == small_y.tobytes() and s[probe].tobytes() == small_s.tobytes()
+        if cols != "split rows":
+            unstreamed_y, unstreamed_s = in_unstreamed_calls(
+                shape[0], lambda part: ln.add_layer_norm(x[part], r[part], -1, weight, bias))
+            assert y.tobytes() == unstreamed_y.tobytes() and s.tobytes() == unstreamed_s.tobytes()
         assert ln.add_rms_norm(x, r, -1, weight, eps=1e-6)[0][probe].tobytes() == small_rms.tobytes()
         out, sum_out = empty_off_a_line(shape, dtype, 1), empty_off_a_line(shape, dtype, 5)
         ln.add_layer_norm(x, r, -1, weight, bias, out=out, sum_out=sum_out)

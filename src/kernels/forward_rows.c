@@ -47,7 +47,7 @@ typedef struct {
 #define STAGES_ROWS 1      /* see stage_row_outputs */
 #else
 #define STREAMED_ROW_MIN_BYTES 2048
-#define STAGES_ROWS 0
+#define STAGES_ROWS (LN_VECTOR_BYTES >= 32 && !LN_ROUNDING_BOUND)
 #endif
 /* Whether the fused add's sum streams along with y (memory_plan.sum).  Not
  * where LN_ROUNDING_BOUND: recomputing the rounded x + residual in both
@@ -60,16 +60,29 @@ static inline int stream_row_outputs(const void *y, int64_t rows, int64_t cols, 
 }
 
 /* Rows shorter than 4 KB, of whole lines, that stream_row_outputs does not
- * stream because y is off a line: each row group is normalized into an L1
- * buffer with the ordinary stores (the same bits) and streamed from there as
- * one span, whose only partly written lines are its two ends.  float32 and
- * float64 at AVX2 and AVX-512.  Measured with y 16 bytes off a line
- * (numpy.empty's usual address), 2 threads: AVX-512 (262144, 64) float32
- * 0.82x to 0.87x the time, float64 0.77x; AVX2 (262144, 64) 0.93x,
- * (65536, 256) 0.76x, float64 (131072, 64) 0.78x, the fused add 0.94x (1
- * thread 1.03x).  Rows not of whole lines lost ((65536, 250) 1.04x to 1.05x
- * at AVX-512), so they are not staged.  At the baseline staging lost (1.17x
- * to 1.24x), and at AVX-512 float16 (1.00x to 1.04x). */
+ * stream (y off a line; half-precision rows under 2 KB wherever y starts):
+ * each row group is normalized into an L1 buffer with the ordinary stores
+ * (the same bits) and streamed from there as one span, whose only partly
+ * written lines are its two ends.  float32 and float64 at AVX2 and AVX-512,
+ * measured with y 16 bytes off a line (numpy.empty's usual address), 2
+ * threads: AVX-512 (262144, 64) float32 0.82x to 0.87x the time, float64
+ * 0.77x; AVX2 (262144, 64) 0.93x, (65536, 256) 0.76x, float64 (131072, 64)
+ * 0.78x, the fused add 0.94x (1 thread 1.03x).  Rows not of whole lines
+ * lost ((65536, 250) 1.04x to 1.05x at AVX-512), so they are not staged.
+ * At the baseline staging lost (1.17x to 1.24x).  Half precision is staged
+ * since the buffer is copied as bytes (stream_staged): through LOADV and
+ * STREAMV, which converted each vector to float32 and back, float16 at
+ * AVX-512 had lost (1.00x to 1.04x).  A/B against not staging, on an Intel
+ * Xeon host (the figures above came from an AMD EPYC one), 2 threads,
+ * AVX-512, y aligned: (262144, 64) float16 0.82x, bfloat16 0.86x to 0.92x,
+ * rms 0.81x and 0.85x to 0.89x, fused add float16 0.87x; (131072, 128)
+ * bfloat16 0.92x, fused add float16 0.82x, float16 at 1 thread 0.74x;
+ * (32768, 512) float16 0.77x, bfloat16 0.99x; (65536, 256) float16 0.81x to
+ * 0.94x, bfloat16 0.97x to 1.01x, rms 0.99x to 1.01x (once each 1.12x and
+ * 1.16x: this host's noise, or a loss).  y off a line: (262144, 64) float16
+ * 0.90x to 0.97x, (16384, 1024) float16 0.81x to 0.83x, bfloat16 0.98x.
+ * AVX2 (262144, 64) float16 0.80x (1 thread 0.94x); not bfloat16 at AVX2
+ * (LN_ROUNDING_BOUND): 1.09x, (65536, 256) 1.16x. */
 #define LN_STAGED_BYTES (LN_ROW_GROUP * 4096)
 static inline int stage_row_outputs(const void *y, int64_t rows, int64_t cols, int arrays)
 {
@@ -417,23 +430,51 @@ static inline __attribute__((always_inline)) void short_rows_statistics(const ln
 }
 #endif
 
-/* The normalize pass of a row group through an L1 buffer, then one streamed
- * span (see stage_row_outputs). */
+/* `bytes` bytes from the staging buffer to y: whole lines with streaming
+ * stores, the partial lines at both ends with ordinary ones.  A copy of the
+ * bytes: through LOADV and STREAMV, half-precision values were converted to
+ * float32 and back on their way out. */
+static inline void stream_staged(E *y, const E *staged, int64_t bytes)
+{
+    char *out = (char *)y;
+    const char *in = (const char *)staged;
+    int64_t head = (int64_t)((64 - (uintptr_t)out % 64) % 64);
+    if (head > bytes) head = bytes;
+    const int64_t end = head + (bytes - head) / 64 * 64;
+#if LN_CAN_STREAM && LN_VECTOR_BYTES == 64
+    for (int64_t i = head; i < end; i += 64) _mm512_stream_si512((void *)(out + i), _mm512_load_si512(in + i));
+#elif LN_CAN_STREAM && LN_VECTOR_BYTES == 32
+    for (int64_t i = head; i < end; i += 32)
+        _mm256_stream_si256((__m256i *)(out + i), _mm256_load_si256((const __m256i *)(in + i)));
+#else
+    memcpy(out + head, in + head, (size_t)(end - head));
+#endif
+    memcpy(out, in, (size_t)head);
+    memcpy(out + end, in + end, (size_t)(bytes - end));
+}
+
+/* The normalize pass of a row group (from x, or from the kept rows) through
+ * an L1 buffer, then streamed as one span (see stage_row_outputs). */
 static inline __attribute__((always_inline)) void normalize_group_staged(const ln_forward_args *a, int64_t first, int64_t count,
                                                                           const row_transform *t, int sum_streamed, int prefetch,
-                                                                          const int64_t cols)
+                                                                          const int64_t cols, const C *kept)
 {
     /* the buffer starts as far into a line as y does, so that the streaming
      * loop's loads are aligned too */
     E buffer[(LN_STAGED_BYTES + 64) / sizeof(E)] __attribute__((aligned(64)));
     E *y = (E *)a->y + first * cols, *staged = buffer + (uintptr_t)y % 64 / sizeof(E);
     for (int64_t g = 0; g < count; g++) {
+        if (kept) {
+            normalize_kept(kept + g * cols, staged + g * cols, cols, t[g].lo, t[g].scale, a->weight, a->bias,
+                           a->params_in_storage_type);
+            continue;
+        }
         const row_data src = row_source(a, (first + g) * cols, sum_streamed);
         if (prefetch) prefetch_next_group_row(a, first + count + g);
         normalize_span(src.data, src.addend, staged + g * cols, cols, t[g].hi, t[g].lo, t[g].scale,
                        a->weight, a->bias, a->params_in_storage_type, 0);
     }
-    LN_STREAMED_SPAN(y, count * cols, LOADV(staged + i));
+    stream_staged(y, staged, count * cols * (int64_t)sizeof(E));
 }
 
 /* The normalize pass takes the rows of a group in pairs that share the
@@ -451,7 +492,7 @@ static inline __attribute__((always_inline)) void normalize_group_staged(const l
 #define PAIRS_ROWS (LN_VECTOR_BYTES >= 32 && (LN_DT == LN_DT_FLOAT32 || LN_DT == LN_DT_FLOAT64))
 
 /* Half-precision rows of at most LN_SHORT_GROUP_MAX_BYTES, of whole vectors,
- * whose outputs are stored (not streamed, staged or prefetched for): the
+ * whose outputs are stored or staged (not streamed, nor prefetched for): the
  * first statistics pass keeps each vector of x - shift (of x for RMS norm),
  * converted to float32, in an L1 buffer, from which the second pass and the
  * normalize pass read it; they no longer load and convert x again, nor
@@ -486,7 +527,7 @@ static inline __attribute__((always_inline)) void normalize_group_staged(const l
 static inline int keeps_rows(const ln_forward_args *a, int64_t cols, memory_plan plan)
 {
     const int64_t row_bytes = cols * (int64_t)sizeof(E);
-    if (!KEEPS_ROWS || cols % VL != 0 || plan.y || plan.staged || plan.prefetch) return 0;
+    if (!KEEPS_ROWS || cols % VL != 0 || plan.y || plan.prefetch) return 0;
     return row_bytes <= LN_SHORT_GROUP_MAX_BYTES
            || (LN_DT == LN_DT_BFLOAT16 && a->mode != LN_MODE_RMS_NORM && cols <= LN_SHORT_ROW_MAX_COLS
                && a->layout.outer * row_bytes <= KEPT_LONG_ROWS_MAX_BYTES);
@@ -534,14 +575,14 @@ static inline __attribute__((always_inline)) void row_group_body(const ln_forwar
         }
     }
     finish_rows(a, first, count, shift, stats, t);
+    if (plan.staged && count * cols >= 2 * VL) {
+        normalize_group_staged(a, first, count, t, plan.sum, plan.prefetch, cols, kept);
+        return;
+    }
     if (kept) {
         for (int64_t g = 0; g < count; g++)
             normalize_kept(kept + g * cols, (E *)a->y + (first + g) * cols, cols, t[g].lo, t[g].scale, a->weight, a->bias,
                            a->params_in_storage_type);
-        return;
-    }
-    if (plan.staged && count * cols >= 2 * VL) {
-        normalize_group_staged(a, first, count, t, plan.sum, plan.prefetch, cols);
         return;
     }
     int64_t g = 0;
