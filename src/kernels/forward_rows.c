@@ -575,7 +575,7 @@ static inline __attribute__((always_inline)) void row_group_body(const ln_forwar
         }
     }
     finish_rows(a, first, count, shift, stats, t);
-    if (plan.staged && count * cols >= 2 * VL) {
+    if (plan.staged) {
         normalize_group_staged(a, first, count, t, plan.sum, plan.prefetch, cols, kept);
         return;
     }
