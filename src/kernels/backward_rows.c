@@ -504,9 +504,31 @@ static int backward_row_blocks(const ln_backward_args *a)
 /* ... but rows of at most this many bytes go at least two to a group: the
  * group's dweight/dbias running sums (2 * cols values) are read and written
  * once per group, which for one row per group cost more than reading x and
- * dy back from L3 instead of L2.  Float32, 2 threads: (64, 262144) took
- * 0.93x to 0.96x the time; (32, 524288) 1.04x, so longer rows stay alone. */
+ * dy back from L3 instead of L2.  Float32, 2 threads, on an AMD EPYC host:
+ * (64, 262144) took 0.93x to 0.96x the time; (32, 524288) 1.04x, so longer
+ * rows are not paired (but see LN_LONG_QUAD_MIN_BYTES). */
 #define LN_LONG_PAIR_MAX_BYTES (1 << 20)
+/* ... and rows whose pair of rows takes, with the running sums, at least
+ * this many bytes (x and dy of two rows, 2 * cols compute-type sums) go four
+ * to a group, whatever their length: that pair did not stay in a 2 MB L2
+ * per thread anyway, and four rows read and write the running sums half as
+ * often.  A/B (bench/compare_builds.py) on an Intel Xeon host (2 MB L2 a
+ * core, 300 MB L3), 2 threads, AVX-512, against pairs (and single rows over
+ * 1 MB): float32 (64, 262144) 0.89x to 0.93x the time (AVX2 0.88x to 0.91x,
+ * 1 thread 0.91x to 0.96x), float16 0.91x to 0.93x; (32, 524288) 0.74x,
+ * (8, 2097152) 0.66x.  Below it, pairs stay: (128, 131072) float32 in
+ * fours took 1.11x to 1.14x (a pair and its sums, 3 MB, fit the two L2s).
+ * Groups of eight gained 2% to 4% more on this host, whose L3 holds their
+ * 16 to 64 MB; an L3 of 32 MB would not. */
+#define LN_LONG_QUAD_MIN_BYTES ((int64_t)4 << 20)
+static inline int64_t long_row_group(int64_t cols)
+{
+    const int64_t row_bytes = cols * (int64_t)sizeof(E), pair_bytes = 2 * 2 * row_bytes + 2 * cols * (int64_t)sizeof(C);
+    int64_t group = ln_rows_per_group(LN_LONG_GROUP_ELEMENTS, cols, LN_GROUP);
+    if (group < 2 && row_bytes <= LN_LONG_PAIR_MAX_BYTES) group = 2;
+    if (group < 4 && pair_bytes >= LN_LONG_QUAD_MIN_BYTES) group = 4;
+    return group;
+}
 /* Rows summed in the compute-type running sums before they go to float64:
  * each flush reads and writes 2 * cols float64 values.  16 rather than 8:
  * (64, 262144) float32, 2 threads, 0.93x the time (32: 0.90x-0.92x); the
@@ -523,8 +545,7 @@ static int backward_long_rows(const ln_backward_args *a)
     const int64_t chunks = (cols + LN_LONG_CHUNK - 1) / LN_LONG_CHUNK;
     const void *weight = a->weight;
     const int storage = a->params_in_storage_type;
-    int64_t group = ln_rows_per_group(LN_LONG_GROUP_ELEMENTS, cols, LN_GROUP);
-    if (group < 2 && cols * (int64_t)sizeof(E) <= LN_LONG_PAIR_MAX_BYTES) group = 2;
+    const int64_t group = long_row_group(cols);
     /* dweight/dbias: a few rows are summed in the compute type, in place in
      * the result; more rows are summed in float64, with compute-type running
      * sums of LN_LONG_FLUSH_ROWS rows in between (the choice depends on the shape only). */
