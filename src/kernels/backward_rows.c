@@ -267,10 +267,18 @@ static inline void sink_1(const group_sink *s, int64_t i, C w, C b)
 }
 
 /* Storage-type vectors in a 64-byte line of dx, and the most that a column
- * step of dx_group takes (four: a whole line but for float16/bfloat16 at
- * the baseline, which does not stream). */
+ * step of dx_group takes: a whole line (four vectors at most: float16/
+ * bfloat16 at the baseline, which does not stream, take half a line), but
+ * two lines where a vector is a line (float32/float64 at AVX-512).  Two
+ * such vectors a step against one, A/B (bench/compare_builds.py) on an
+ * Intel Xeon host, 2 threads: float32 (4096, 768) 0.89x the time (1 thread
+ * 0.96x), (16384, 1024) 0.87x, (32768, 512) 0.94x, (65536, 256) 0.95x,
+ * (64, 262144) 0.98x, (262144, 64) 1.01x to 1.04x; float64 (8192, 1024)
+ * 1.00x; in cache, 1 thread, (256, 768) 1.01x, (20, 500) 1.01x.  Four
+ * lost against two ((4096, 768) 1.09x, (65536, 256) 1.03x), and at AVX2 a
+ * step of two lines lost against one ((4096, 768) 1.05x). */
 #define LN_LINE_VECTORS (LN_LINE_ELEMENTS / VL)
-#define LN_DX_MAX_VECTORS (LN_LINE_VECTORS < 4 ? LN_LINE_VECTORS : 4)
+#define LN_DX_MAX_VECTORS (LN_LINE_VECTORS == 1 ? 2 : LN_LINE_VECTORS < 4 ? LN_LINE_VECTORS : 4)
 
 /* dx of `vectors` (at most LN_DX_MAX_VECTORS) adjacent column vectors at i
  * of a group of rows, with their dy*xhat and dy sums into the sink (see
