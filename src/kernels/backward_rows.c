@@ -522,12 +522,12 @@ static int backward_row_blocks(const ln_backward_args *a)
  * per thread anyway, and four rows read and write the running sums half as
  * often.  A/B (bench/compare_builds.py) on an Intel Xeon host (2 MB L2 a
  * core, 300 MB L3), 2 threads, AVX-512, against pairs (and single rows over
- * 1 MB): float32 (64, 262144) 0.89x to 0.93x the time (AVX2 0.88x to 0.91x,
- * 1 thread 0.91x to 0.96x), float16 0.91x to 0.93x; (32, 524288) 0.74x,
- * (8, 2097152) 0.66x.  Below it, pairs stay: (128, 131072) float32 in
- * fours took 1.11x to 1.14x (a pair and its sums, 3 MB, fit the two L2s).
- * Groups of eight gained 2% to 4% more on this host, whose L3 holds their
- * 16 to 64 MB; an L3 of 32 MB would not. */
+ * 1 MB): float32 (64, 262144) 0.89x to 0.93x the time (AVX2 0.87x to 0.91x,
+ * 1 thread 0.89x to 0.96x), float16 0.90x to 0.93x; (32, 524288) 0.74x,
+ * (8, 2097152) 0.66x to 0.68x.  Below it, pairs stay: (128, 131072)
+ * float32 in fours took 1.11x (in eights 1.14x; a pair and its sums, 3 MB,
+ * fit the two L2s).  Groups of eight gained 2% to 4% more on this host,
+ * whose L3 holds their 16 to 64 MB; an L3 of 32 MB would not. */
 #define LN_LONG_QUAD_MIN_BYTES ((int64_t)4 << 20)
 static inline int64_t long_row_group(int64_t cols)
 {
