@@ -430,6 +430,17 @@ static inline __attribute__((always_inline)) void short_rows_statistics(const ln
 }
 #endif
 
+/* The normalize pass of a group's kept rows (see keeps_rows) into out: y,
+ * or the staging buffer. */
+static inline __attribute__((always_inline)) void normalize_kept_group(const ln_forward_args *a, const C *kept, E *out,
+                                                                        int64_t count, const row_transform *t,
+                                                                        const int64_t cols)
+{
+    for (int64_t g = 0; g < count; g++)
+        normalize_kept(kept + g * cols, out + g * cols, cols, t[g].lo, t[g].scale, a->weight, a->bias,
+                       a->params_in_storage_type);
+}
+
 /* `bytes` bytes from the staging buffer to y: whole lines with streaming
  * stores, the partial lines at both ends with ordinary ones.  A copy of the
  * bytes: through LOADV and STREAMV, half-precision values were converted to
@@ -463,16 +474,15 @@ static inline __attribute__((always_inline)) void normalize_group_staged(const l
      * loop's loads are aligned too */
     E buffer[(LN_STAGED_BYTES + 64) / sizeof(E)] __attribute__((aligned(64)));
     E *y = (E *)a->y + first * cols, *staged = buffer + (uintptr_t)y % 64 / sizeof(E);
-    for (int64_t g = 0; g < count; g++) {
-        if (kept) {
-            normalize_kept(kept + g * cols, staged + g * cols, cols, t[g].lo, t[g].scale, a->weight, a->bias,
-                           a->params_in_storage_type);
-            continue;
+    if (kept) {
+        normalize_kept_group(a, kept, staged, count, t, cols);
+    } else {
+        for (int64_t g = 0; g < count; g++) {
+            const row_data src = row_source(a, (first + g) * cols, sum_streamed);
+            if (prefetch) prefetch_next_group_row(a, first + count + g);
+            normalize_span(src.data, src.addend, staged + g * cols, cols, t[g].hi, t[g].lo, t[g].scale,
+                           a->weight, a->bias, a->params_in_storage_type, 0);
         }
-        const row_data src = row_source(a, (first + g) * cols, sum_streamed);
-        if (prefetch) prefetch_next_group_row(a, first + count + g);
-        normalize_span(src.data, src.addend, staged + g * cols, cols, t[g].hi, t[g].lo, t[g].scale,
-                       a->weight, a->bias, a->params_in_storage_type, 0);
     }
     stream_staged(y, staged, count * cols * (int64_t)sizeof(E));
 }
@@ -580,9 +590,7 @@ static inline __attribute__((always_inline)) void row_group_body(const ln_forwar
         return;
     }
     if (kept) {
-        for (int64_t g = 0; g < count; g++)
-            normalize_kept(kept + g * cols, (E *)a->y + (first + g) * cols, cols, t[g].lo, t[g].scale, a->weight, a->bias,
-                           a->params_in_storage_type);
+        normalize_kept_group(a, kept, (E *)a->y + first * cols, count, t, cols);
         return;
     }
     int64_t g = 0;
