@@ -11,12 +11,16 @@ from conftest import (ALL_DTYPES, DEFAULT_SIMD, FLOAT32, FLOAT64, SIMD_LEVELS, a
                       assert_matches_reference, param_shape, python_subprocess, random_array,
                       random_params, ref, stats_dtype, use_simd, use_threads)
 
-# Shapes that reach every kernel path: many rows, few long rows, one very long
-# row (split across threads), the strided (NCHW channel) layout, a transpose.
+# Shapes that reach every kernel path: many rows, few long rows, long rows
+# whose backward goes four to a group (float32/float64 rows of 180000: the
+# last group of two, dweight/dbias over several float64 flushes), one very
+# long row (split across threads), the strided (NCHW channel) layout, a
+# transpose.
 PATH_CASES = [
     pytest.param((300, 1000), -1, id="many-rows"),
     pytest.param((3, 100000), -1, id="few-long-rows"),
     pytest.param((20, 20001), -1, id="long-rows-in-groups"),
+    pytest.param((18, 180000), -1, id="long-rows-in-fours"),
     pytest.param((1, 1 << 20), -1, id="one-long-row"),
     pytest.param((8, 16, 33, 35), 1, id="strided"),
     pytest.param((4, 100, 300), 1, id="strided-deep"),
