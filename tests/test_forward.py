@@ -341,6 +341,42 @@ def test_a_row_has_the_same_bits_in_any_group(simd, rng, dtype, cols):
 
 
 @pytest.mark.parametrize("dtype", ALL_DTYPES)
+@pytest.mark.parametrize("shape", [(9, 37), (6, 100), (6, 500), (5, 512), (12, 64), (3, 1000)])
+def test_row_bits_do_not_depend_on_the_output_address(simd, rng, dtype, shape):
+    """Rows stored through an output off a 64-byte line take their first
+    elements as one masked vector, so that the rest of the stores are
+    aligned (aligned_store_head); where that head lies depends on the
+    address.  Outputs (y, and the fused add's sum) at every item offset
+    within a line, and in place, give the allocated call's bits: rows of
+    odd lengths (each row lies differently), and of whole vectors (every
+    row of a pair lies alike), with weight and bias, without them, and for
+    RMS norm."""
+    x = (rng.standard_normal(shape) * 2 + 1).astype(dtype)
+    r = rng.standard_normal(shape).astype(dtype)
+    weight, bias = random_params(rng, shape[1:], dtype)
+    calls = {
+        "layer_norm": lambda out, x=x: ln.layer_norm(x, -1, weight, bias, out=out),
+        "no params": lambda out, x=x: ln.layer_norm(x, -1, out=out),
+        "rms_norm": lambda out, x=x: ln.rms_norm(x, -1, weight, eps=1e-6, out=out),
+    }
+    expected = {name: call(None) for name, call in calls.items()}
+    expected_add = ln.add_layer_norm(x, r, -1, weight, bias)
+    for offset in range(64 // np.dtype(dtype).itemsize):
+        for name, call in calls.items():
+            out = empty_off_a_line(shape, dtype, offset)
+            call(out)
+            assert out.tobytes() == expected[name].tobytes(), f"{name}, output {offset} items off a line"
+            in_place = empty_off_a_line(shape, dtype, offset)
+            in_place[...] = x
+            call(in_place, x=in_place)
+            assert in_place.tobytes() == expected[name].tobytes(), f"{name} in place, {offset} items off a line"
+        out, sum_out = empty_off_a_line(shape, dtype, offset), empty_off_a_line(shape, dtype, offset)
+        ln.add_layer_norm(x, r, -1, weight, bias, out=out, sum_out=sum_out)
+        assert sum_out.tobytes() == expected_add[1].tobytes(), f"sum {offset} items off a line"
+        assert out.tobytes() == expected_add[0].tobytes(), f"add_layer_norm, output {offset} items off a line"
+
+
+@pytest.mark.parametrize("dtype", ALL_DTYPES)
 @pytest.mark.parametrize("with_weight, with_bias", [(False, False), (False, True), (True, False), (True, True)])
 def test_strided_bits_do_not_depend_on_the_output_address(simd, rng, dtype, with_weight, with_bias):
     """Over a middle axis, a position's bits must not depend on whether it
