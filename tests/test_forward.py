@@ -347,10 +347,10 @@ def test_row_bits_do_not_depend_on_the_output_address(simd, rng, dtype, shape):
     elements as one masked vector, so that the rest of the stores are
     aligned (aligned_store_head); where that head lies depends on the
     address.  Outputs (y, and the fused add's sum) at every item offset
-    within a line, and in place, give the allocated call's bits: rows of
-    odd lengths (each row lies differently), and of whole vectors (every
-    row of a pair lies alike), with weight and bias, without them, and for
-    RMS norm."""
+    within a line, and in place (y into x, the sum into the residual), give
+    the allocated call's bits: rows of odd lengths (each row lies
+    differently), and of whole vectors (every row of a pair lies alike),
+    with weight and bias, without them, and for RMS norm."""
     x = (rng.standard_normal(shape) * 2 + 1).astype(dtype)
     r = rng.standard_normal(shape).astype(dtype)
     weight, bias = random_params(rng, shape[1:], dtype)
@@ -374,6 +374,11 @@ def test_row_bits_do_not_depend_on_the_output_address(simd, rng, dtype, shape):
         ln.add_layer_norm(x, r, -1, weight, bias, out=out, sum_out=sum_out)
         assert sum_out.tobytes() == expected_add[1].tobytes(), f"sum {offset} items off a line"
         assert out.tobytes() == expected_add[0].tobytes(), f"add_layer_norm, output {offset} items off a line"
+        residual_stream = empty_off_a_line(shape, dtype, offset)
+        residual_stream[...] = r
+        y, _ = ln.add_layer_norm(x, residual_stream, -1, weight, bias, sum_out=residual_stream)
+        assert residual_stream.tobytes() == expected_add[1].tobytes(), f"sum in place, {offset} items off a line"
+        assert y.tobytes() == expected_add[0].tobytes(), f"add_layer_norm, sum in place {offset} items off a line"
 
 
 @pytest.mark.parametrize("dtype", ALL_DTYPES)
