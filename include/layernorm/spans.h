@@ -227,8 +227,8 @@ static inline __attribute__((always_inline)) void normalize_kept(const C *kept, 
  * lie differently against the vector boundaries (a length not a multiple of
  * VL) go one at a time, each with its own aligned head: (20, 500) float32
  * took 0.67x to 0.70x the time of pairs stored where they fell (AVX-512,
- * 1 thread).  Tested here and not by the caller: there,
- * the same test cost rows of 512 1.06x (the code moved). */
+ * 1 thread).  Tested here and not by the caller, where the same test cost
+ * rows of 512 1.06x the time (the code moved). */
 static inline __attribute__((always_inline)) int64_t store_normalized_vector_pairs(
     const E *x0, const E *addend0, E *y0, const E *x1, const E *addend1, E *y1, int64_t n,
     int64_t i, V vhi0, V vlo0, V vscale0, V vhi1, V vlo1, V vscale1, const void *weight, const void *bias, int storage)
