@@ -35,6 +35,15 @@ def load_kernels(source_dir):
     return module
 
 
+def off_a_line(shape, dtype, offset):
+    """An empty C-contiguous array starting `offset` bytes past a 64-byte line."""
+    dtype = np.dtype(dtype)
+    count = int(np.prod(shape))
+    buffer = np.empty(count * dtype.itemsize + 128, np.uint8)
+    start = (-buffer.ctypes.data) % 64 + offset
+    return buffer[start:start + count * dtype.itemsize].view(dtype).reshape(shape)
+
+
 def make_call(kernels, op, arrays, threads, code):
     x, r, dy, w, b, y, s, dx, dw, db, mean, rstd = arrays
     layout = x.shape if x.ndim == 3 else (*x.shape, 1)
@@ -62,6 +71,8 @@ def main():
     parser.add_argument("--outputs", choices=["pool", "numpy"], default="pool",
                         help="outputs from the library's pool (64-byte aligned, as when it allocates) or from "
                              "numpy.empty_like (often 16 bytes off a 64-byte line, as a user's out= may be)")
+    parser.add_argument("--output-offset", type=int, default=None, metavar="BYTES",
+                        help="outputs BYTES past a 64-byte line instead (a multiple of the item size)")
     args = parser.parse_args()
 
     if args.dtype == "bfloat16":
@@ -78,6 +89,8 @@ def main():
     # outputs as the library allocates them (64-byte aligned, which streaming needs)
     from layernorm import _buffer_pool
     empty = _buffer_pool.empty if args.outputs == "pool" else (lambda shape, dt: np.empty(shape, dt))
+    if args.output_offset is not None:
+        empty = lambda shape, dt: off_a_line(shape, dt, args.output_offset)
     # weight and bias written with values, not np.zeros: a large np.zeros array is calloc'ed pages that
     # all map the kernel's one zero page, so reading it costs nothing, and (1, 16777216) read its 64 MB
     # bias for free
