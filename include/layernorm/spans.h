@@ -77,7 +77,9 @@
  * AVX-512, 1 thread: layer norm (20, 500) float32 0.60x to 0.70x the time,
  * float64 0.57x to 0.68x, RMS norm 0.52x to 0.56x, the fused add 0.70x to
  * 0.74x, AVX2 0.75x; (256, 768) and (20, 512) with y 16 bytes off a line
- * 0.49x to 0.54x, y on a line 0.98x to 1.02x; 2 threads, (4096, 768) 0.97x,
+ * 0.49x to 0.54x, (20, 512) and (40, 512) on a line 1.01x and 1.02x (the
+ * alignment of every loop, setup.py, later made these 0.98x against the
+ * same base, (256, 768) 0.92x); 2 threads, (4096, 768) 0.97x,
  * (16384, 1024) 0.98x, (262144, 64) 1.00x.  float16 and bfloat16 (20, 500)
  * 1.00x (their rows of 1000 bytes stay in L1). */
 static inline __attribute__((always_inline)) int64_t aligned_store_head(const E *y, int64_t n)
