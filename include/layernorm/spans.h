@@ -149,6 +149,15 @@ static inline __attribute__((always_inline)) V normalized_tail_v(const E *x, con
                          weight ? param_v_tail(weight, storage, i, count) : vhi, bias != NULL,
                          bias ? param_v_tail(bias, storage, i, count) : vhi);
 }
+
+/* normalized_tail_v of the `count` (< VL) elements at i, stored at y + i:
+ * a row's head before its first vector boundary, or its tail */
+static inline __attribute__((always_inline)) void store_normalized_part(const E *x, const E *addend, E *y, int64_t i,
+                                                                        int64_t count, V vhi, V vlo, V vscale,
+                                                                        const void *weight, const void *bias, int storage)
+{
+    STOREV_TAIL(y + i, normalized_tail_v(x, addend, i, count, vhi, vlo, vscale, weight, bias, storage), count);
+}
 #endif
 
 /* normalized_v into y for the whole vectors of [i, n); returns where they
@@ -179,7 +188,7 @@ static inline __attribute__((always_inline)) void normalize_span(const E *x, con
     int64_t i = 0;
 #if LN_MASKED_TAILS
     i = aligned_store_head(y, n);
-    if (i) STOREV_TAIL(y, normalized_tail_v(x, addend, 0, i, vhi, vlo, vscale, weight, bias, storage), i);
+    if (i) store_normalized_part(x, addend, y, 0, i, vhi, vlo, vscale, weight, bias, storage);
 #endif
     if (weight && bias) i = store_normalized_vectors(x, addend, y, i, n, vhi, vlo, vscale, weight, bias, storage);
     else if (weight) i = store_normalized_vectors(x, addend, y, i, n, vhi, vlo, vscale, weight, NULL, storage);
@@ -187,7 +196,7 @@ static inline __attribute__((always_inline)) void normalize_span(const E *x, con
     else i = store_normalized_vectors(x, addend, y, i, n, vhi, vlo, vscale, NULL, NULL, storage);
 #if LN_MASKED_TAILS
     if (i < n) {
-        STOREV_TAIL(y + i, normalized_tail_v(x, addend, i, n - i, vhi, vlo, vscale, weight, bias, storage), n - i);
+        store_normalized_part(x, addend, y, i, n - i, vhi, vlo, vscale, weight, bias, storage);
         return;
     }
 #endif
@@ -259,8 +268,8 @@ static inline __attribute__((always_inline)) void normalize_span_pair(const E *x
     }
     i = aligned_store_head(y0, n);
     if (i) {
-        STOREV_TAIL(y0, normalized_tail_v(x0, addend0, 0, i, vhi0, vlo0, vscale0, weight, bias, storage), i);
-        STOREV_TAIL(y1, normalized_tail_v(x1, addend1, 0, i, vhi1, vlo1, vscale1, weight, bias, storage), i);
+        store_normalized_part(x0, addend0, y0, 0, i, vhi0, vlo0, vscale0, weight, bias, storage);
+        store_normalized_part(x1, addend1, y1, 0, i, vhi1, vlo1, vscale1, weight, bias, storage);
     }
 #endif
     if (weight && bias) i = LN_PAIRS(weight, bias);
