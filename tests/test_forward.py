@@ -381,6 +381,64 @@ def test_row_bits_do_not_depend_on_the_output_address(simd, rng, dtype, shape):
         assert y.tobytes() == expected_add[0].tobytes(), f"add_layer_norm, sum in place {offset} items off a line"
 
 
+MEGABYTE = 1 << 20
+
+
+def arrays_a_megabyte_apart(shape, dtype, offsets_bytes):
+    """Empty C-contiguous arrays of `shape`, the k-th starting k MB plus
+    offsets_bytes[k] past one 1 MB boundary of one buffer."""
+    dtype = np.dtype(dtype)
+    nbytes = int(np.prod(shape)) * dtype.itemsize
+    assert nbytes + max(offsets_bytes) < MEGABYTE
+    buffer = np.empty((len(offsets_bytes) + 1) * MEGABYTE, np.uint8)
+    base = (-buffer.ctypes.data) % MEGABYTE
+    return [buffer[base + k * MEGABYTE + offset:base + k * MEGABYTE + offset + nbytes].view(dtype).reshape(shape)
+            for k, offset in enumerate(offsets_bytes)]
+
+
+@pytest.mark.parametrize("dtype", ALL_DTYPES)
+@pytest.mark.parametrize("shape", [(9, 37), (6, 500), (12, 512), (16, 64), (8, 768)])
+def test_row_bits_do_not_depend_on_where_y_lies_against_x(simd, rng, dtype, shape):
+    """An output just ahead of x modulo 1 MB is normalized from each row's
+    end to its start, and rows one row apart modulo 1 MB are not paired
+    (stores_alias_next_loads): the same bits as the allocated call, for y
+    0 to 600 bytes and one row (plus a little) ahead of x, behind it, and
+    for the fused add ahead of x, of the residual and of its stored sum."""
+    itemsize = np.dtype(dtype).itemsize
+    row_bytes = shape[1] * itemsize
+    values = (rng.standard_normal(shape) * 2 + 1).astype(dtype)
+    residual_values = rng.standard_normal(shape).astype(dtype)
+    weight, bias = random_params(rng, shape[1:], dtype)
+    expected = ln.layer_norm(values, -1, weight, bias)
+    expected_plain = ln.layer_norm(values, -1)
+    expected_rms = ln.rms_norm(values, -1, weight, eps=1e-6)
+    expected_add = ln.add_layer_norm(values, residual_values, -1, weight, bias)
+    aheads = sorted({0, itemsize, 16, 64, 96, 128, 200, 256, 512, 600, row_bytes, row_bytes + 64})
+    for ahead in [a // itemsize * itemsize for a in aheads]:
+        x, y = arrays_a_megabyte_apart(shape, dtype, [64, 64 + ahead])
+        x[...] = values
+        where = f"y {ahead} bytes ahead of x modulo 1 MB"
+        assert ln.layer_norm(x, -1, weight, bias, out=y).tobytes() == expected.tobytes(), where
+        assert ln.layer_norm(x, -1, out=y).tobytes() == expected_plain.tobytes(), where
+        assert ln.rms_norm(x, -1, weight, eps=1e-6, out=y).tobytes() == expected_rms.tobytes(), where
+        assert x.tobytes() == values.tobytes(), where
+        y_behind, x_ahead = arrays_a_megabyte_apart(shape, dtype, [64, 64 + ahead])
+        x_ahead[...] = values
+        assert ln.layer_norm(x_ahead, -1, weight, bias, out=y_behind).tobytes() == expected.tobytes(), \
+            f"y {ahead} bytes behind x"
+        # the fused add: y ahead of x, of the residual and of the sum
+        x, residual, sum_out, y = arrays_a_megabyte_apart(shape, dtype, [64, 64, 64, 64 + ahead])
+        x[...], residual[...] = values, residual_values
+        got = ln.add_layer_norm(x, residual, -1, weight, bias, out=y, sum_out=sum_out)
+        assert got[0].tobytes() == expected_add[0].tobytes(), f"add_layer_norm, {where}"
+        assert got[1].tobytes() == expected_add[1].tobytes(), f"add_layer_norm sum, {where}"
+        # and the sum written into the residual, y ahead of it
+        residual[...] = residual_values
+        got = ln.add_layer_norm(x, residual, -1, weight, bias, out=y, sum_out=residual)
+        assert got[0].tobytes() == expected_add[0].tobytes(), f"add_layer_norm, sum in place, {where}"
+        assert residual.tobytes() == expected_add[1].tobytes(), f"add_layer_norm sum in place, {where}"
+
+
 @pytest.mark.parametrize("dtype", ALL_DTYPES)
 @pytest.mark.parametrize("with_weight, with_bias", [(False, False), (False, True), (True, False), (True, True)])
 def test_strided_bits_do_not_depend_on_the_output_address(simd, rng, dtype, with_weight, with_bias):

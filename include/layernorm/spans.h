@@ -208,6 +208,45 @@ static inline __attribute__((always_inline)) void normalize_span(const E *x, con
     }
 }
 
+/* normalize_span (not streamed) from the span's end to its start: the same
+ * parts (aligned head, whole vectors, tail) with the same arithmetic, so the
+ * same bits, taken in the reverse order.  For y just ahead of x modulo 1 MB
+ * (see stores_alias_next_loads): in ascending order each store is followed by
+ * loads of x at addresses that match it in their low 20 bits, and the core
+ * holds those loads back. */
+static inline __attribute__((always_inline)) void normalize_span_descending(const E *x, const E *addend, E *y, int64_t n, C hi,
+                                                                           C lo, C scale, const void *weight,
+                                                                           const void *bias, int storage)
+{
+    const V vhi = vbroadcast(hi), vlo = vbroadcast(lo), vscale = vbroadcast(scale);
+    int64_t head = 0;
+#if LN_MASKED_TAILS
+    head = aligned_store_head(y, n);
+#endif
+    const int64_t vectors_end = head + (n - head) / VL * VL;
+#if LN_MASKED_TAILS
+    if (vectors_end < n) store_normalized_part(x, addend, y, vectors_end, n - vectors_end, vhi, vlo, vscale, weight, bias, storage);
+#else
+    for (int64_t i = n - 1; i >= vectors_end; i--) {
+        C v = ((load1_or_sum(x, addend, i) - hi) - lo) * scale;
+        if (weight) v *= param_1(weight, storage, i);
+        if (bias) v += param_1(bias, storage, i);
+        STORE1(y + i, v);
+    }
+#endif
+#define LN_DESCENDING(W, B)                                                                                      \
+    for (int64_t i = vectors_end - VL; i >= head; i -= VL)                                                        \
+        STOREV(y + i, normalized_v(x, addend, i, vhi, vlo, vscale, W, B, storage))
+    if (weight && bias) LN_DESCENDING(weight, bias);
+    else if (weight) LN_DESCENDING(weight, NULL);
+    else if (bias) LN_DESCENDING(NULL, bias);
+    else LN_DESCENDING(NULL, NULL);
+#undef LN_DESCENDING
+#if LN_MASKED_TAILS
+    if (head) store_normalized_part(x, addend, y, 0, head, vhi, vlo, vscale, weight, bias, storage);
+#endif
+}
+
 /* normalize_span (not streamed) of a row of whole vectors from its kept
  * x - hi (see partial_shifted_sum_keeping; for RMS norm x, with hi 0): the
  * same arithmetic on the same values, so the same bits. */
