@@ -440,6 +440,33 @@ def test_row_bits_do_not_depend_on_where_y_lies_against_x(simd, rng, dtype, shap
 
 
 @pytest.mark.parametrize("dtype", ALL_DTYPES)
+@pytest.mark.parametrize("shape", [(2, 16, 200), (3, 7, 64), (2, 5, 37)])
+def test_strided_bits_do_not_depend_on_where_y_lies_against_x(simd, rng, dtype, shape):
+    """The strided kernel (normalizing axis 1) takes a column row's vectors
+    from its last where y lies just ahead of x modulo 1 MB
+    (columns_store_ahead): the allocated call's bits, for layer norm, RMS
+    norm and the fused add."""
+    itemsize = np.dtype(dtype).itemsize
+    values = (rng.standard_normal(shape) * 2 + 1).astype(dtype)
+    residual_values = rng.standard_normal(shape).astype(dtype)
+    weight, bias = random_params(rng, shape[1:2], dtype)
+    expected = ln.layer_norm(values, 1, weight, bias)
+    expected_rms = ln.rms_norm(values, 1, weight, eps=1e-6)
+    expected_add = ln.add_layer_norm(values, residual_values, 1, weight, bias)
+    for ahead in [a // itemsize * itemsize for a in (0, 16, 64, 100, 256, 512, 640)]:
+        x, y = arrays_a_megabyte_apart(shape, dtype, [64, 64 + ahead])
+        x[...] = values
+        where = f"y {ahead} bytes ahead of x modulo 1 MB"
+        assert ln.layer_norm(x, 1, weight, bias, out=y).tobytes() == expected.tobytes(), where
+        assert ln.rms_norm(x, 1, weight, eps=1e-6, out=y).tobytes() == expected_rms.tobytes(), where
+        x, residual, sum_out, y = arrays_a_megabyte_apart(shape, dtype, [64, 64, 64, 64 + ahead])
+        x[...], residual[...] = values, residual_values
+        got = ln.add_layer_norm(x, residual, 1, weight, bias, out=y, sum_out=sum_out)
+        assert got[0].tobytes() == expected_add[0].tobytes(), f"add_layer_norm, {where}"
+        assert got[1].tobytes() == expected_add[1].tobytes(), f"add_layer_norm sum, {where}"
+
+
+@pytest.mark.parametrize("dtype", ALL_DTYPES)
 @pytest.mark.parametrize("with_weight, with_bias", [(False, False), (False, True), (True, False), (True, True)])
 def test_strided_bits_do_not_depend_on_the_output_address(simd, rng, dtype, with_weight, with_bias):
     """Over a middle axis, a position's bits must not depend on whether it

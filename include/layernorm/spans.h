@@ -211,7 +211,7 @@ static inline __attribute__((always_inline)) void normalize_span(const E *x, con
 /* normalize_span (not streamed) from the span's end to its start: the same
  * parts (aligned head, whole vectors, tail) with the same arithmetic, so the
  * same bits, taken in the reverse order.  For y just ahead of x modulo 1 MB
- * (see stores_alias_next_loads): in ascending order each store is followed by
+ * (see ln_stores_alias_next_loads): in ascending order each store is followed by
  * loads of x at addresses that match it in their low 20 bits, and the core
  * holds those loads back. */
 static inline __attribute__((always_inline)) void normalize_span_descending(const E *x, const E *addend, E *y, int64_t n, C hi,

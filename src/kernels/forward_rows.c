@@ -26,7 +26,7 @@ typedef struct {
     int prefetch; /* see prefetch_next_group_row */
     int descending; /* y is stored just ahead of the normalize pass's inputs,
                      * or one row ahead: 1 reverse order, 2 no pairs of rows
-                     * (see stores_alias_next_loads) */
+                     * (see ln_stores_alias_next_loads) */
 } memory_plan;
 
 /* The shortest rows whose outputs stream (ln_stream_rows decides the rest).
@@ -148,26 +148,6 @@ static inline void prefetch_next_group_row(const ln_forward_args *a, int64_t row
     if (a->residual) prefetch_row((const E *)a->residual + row * cols, row_bytes);
 }
 
-/* Whether stores at `stored` are followed, within a few vectors, by loads
- * at addresses that match them in their low 20 bits: stored lies 0 to
- * `window` bytes past loaded + lead, modulo 1 MB.  This host's cores (Intel,
- * AVX-512) then hold each load back behind the store, as older cores did
- * for 4 KB.  Measured with x and y placed on 1 MB boundaries plus y's
- * offset d (forward, AVX-512): 1 thread, in L2, float32 (256, 768) d = 32
- * took 3.09x the time of d = 0, d = 128 1.74x, d = 352 1.21x, d = 448 1.0x,
- * d = 3072 (one row: paired rows) 2.24x; 2 threads, (4096, 768) float32
- * d = 16 to 112 1.53x to 1.60x, 128 1.02x; float64 d = 64 2.54x, 128 1.46x,
- * 192 1.13x, 256 1.06x; float16 d = 32 2.37x, 128 1.32x, 288 1.10x,
- * 512 1.04x.  Bits 12 to 19 count: placed on 4 KB boundaries only, d = 64
- * took 1.0x.  numpy.empty_like(x) right after x lies 16 bytes past x's
- * end, so for arrays of a whole number of MB it hits this. */
-static inline int stores_alias_next_loads(const void *stored, const void *loaded, int64_t lead, int64_t window)
-{
-    if (!stored || !loaded) return 0;
-    const uintptr_t ahead = ((uintptr_t)stored - (uintptr_t)loaded - (uintptr_t)lead) & (((uintptr_t)1 << 20) - 1);
-    return ahead <= (uintptr_t)window;
-}
-
 /* How far ahead y's stores may lie and take the reverse order instead
  * (normalize_span_descending).  Calls from memory (those that prefetch)
  * pay for the reverse order where nothing aliases: (4096, 768) float32,
@@ -185,9 +165,9 @@ static inline int64_t alias_window(int prefetch)
  * `lead` bytes ahead of them. */
 static inline int y_aliases_sources(const ln_forward_args *a, int sum_streamed, int64_t lead, int64_t window)
 {
-    if (!a->residual) return stores_alias_next_loads(a->y, a->x, lead, window);
-    if (!sum_streamed) return stores_alias_next_loads(a->y, a->sum_out, lead, window);
-    return stores_alias_next_loads(a->y, a->x, lead, window) || stores_alias_next_loads(a->y, a->residual, lead, window);
+    if (!a->residual) return ln_stores_alias_next_loads(a->y, a->x, lead, window);
+    if (!sum_streamed) return ln_stores_alias_next_loads(a->y, a->sum_out, lead, window);
+    return ln_stores_alias_next_loads(a->y, a->x, lead, window) || ln_stores_alias_next_loads(a->y, a->residual, lead, window);
 }
 
 static inline memory_plan plan_memory(const ln_forward_args *a, int64_t group)
@@ -601,7 +581,7 @@ _Static_assert(LN_SHORT_ROW_GROUP * (LN_SHORT_GROUP_MAX_BYTES / sizeof(E)) <= LN
 #endif
 
 /* The normalize pass of a row group in reverse: rows and their vectors
- * (see stores_alias_next_loads).  Out of line, so that the usual path's
+ * (see ln_stores_alias_next_loads).  Out of line, so that the usual path's
  * code stays as it was (inlined, (20, 500) took 1.04x the time). */
 static __attribute__((noinline)) void normalize_group_descending(const ln_forward_args *a, int64_t first, int64_t count,
                                                                  const row_transform *t, memory_plan plan)
