@@ -444,7 +444,7 @@ def test_row_bits_do_not_depend_on_where_y_lies_against_x(simd, rng, dtype, shap
 def test_strided_bits_do_not_depend_on_where_y_lies_against_x(simd, rng, dtype, shape):
     """The strided kernel (normalizing axis 1) takes a column row's vectors
     from its last where y lies just ahead of x modulo 1 MB
-    (columns_store_ahead): the allocated call's bits, for layer norm, RMS
+    (ln_y_aliases_sources): the allocated call's bits, for layer norm, RMS
     norm and the fused add."""
     itemsize = np.dtype(dtype).itemsize
     values = (rng.standard_normal(shape) * 2 + 1).astype(dtype)

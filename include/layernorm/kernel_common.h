@@ -606,9 +606,6 @@ static inline int ln_overlap(const void *a, const void *b, int64_t bytes)
     return (const char *)a < (const char *)b + bytes && (const char *)b < (const char *)a + bytes;
 }
 
-/* The fused add's outputs (y and sum_out, `bytes` bytes each) overlap
- * neither input, so that a kernel that streams the sum may recompute
- * x + residual later instead of reading the sum back. */
 /* Whether stores at `stored` are followed, within a few vectors, by loads
  * at addresses that match them in their low 20 bits: stored lies 0 to
  * `window` bytes past loaded + lead, modulo 1 MB.  This host's cores (Intel,
@@ -629,6 +626,20 @@ static inline int ln_stores_alias_next_loads(const void *stored, const void *loa
     return ahead <= (uintptr_t)window;
 }
 
+/* Whether y's stores alias the loads that follow them (see
+ * ln_stores_alias_next_loads): the normalize pass's data is x, or the fused
+ * add's stored sum, or x and residual where the sum streams and x + residual
+ * is recomputed. */
+static inline int ln_y_aliases_sources(const ln_forward_args *a, int sum_streamed, int64_t lead, int64_t window)
+{
+    if (!a->residual) return ln_stores_alias_next_loads(a->y, a->x, lead, window);
+    if (!sum_streamed) return ln_stores_alias_next_loads(a->y, a->sum_out, lead, window);
+    return ln_stores_alias_next_loads(a->y, a->x, lead, window) || ln_stores_alias_next_loads(a->y, a->residual, lead, window);
+}
+
+/* The fused add's outputs (y and sum_out, `bytes` bytes each) overlap
+ * neither input, so that a kernel that streams the sum may recompute
+ * x + residual later instead of reading the sum back. */
 static inline int ln_outputs_apart_from_inputs(const ln_forward_args *a, int64_t bytes)
 {
     return !ln_overlap(a->sum_out, a->x, bytes) && !ln_overlap(a->sum_out, a->residual, bytes)

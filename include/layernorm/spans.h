@@ -160,6 +160,17 @@ static inline __attribute__((always_inline)) void store_normalized_part(const E 
 }
 #endif
 
+/* One element's normalized value, in scalar code: the elements after the
+ * whole vectors where there are no masked tails. */
+static inline __attribute__((always_inline)) C normalized_1(const E *x, const E *addend, int64_t i, C hi, C lo, C scale,
+                                                            const void *weight, const void *bias, int storage)
+{
+    C v = ((load1_or_sum(x, addend, i) - hi) - lo) * scale;
+    if (weight) v *= param_1(weight, storage, i);
+    if (bias) v += param_1(bias, storage, i);
+    return v;
+}
+
 /* normalized_v into y for the whole vectors of [i, n); returns where they
  * end.  Inlined with constant NULLs for each weight/bias case. */
 static inline __attribute__((always_inline)) int64_t store_normalized_vectors(const E *x, const E *addend, E *y, int64_t i,
@@ -200,12 +211,7 @@ static inline __attribute__((always_inline)) void normalize_span(const E *x, con
         return;
     }
 #endif
-    for (; i < n; i++) {
-        C v = ((load1_or_sum(x, addend, i) - hi) - lo) * scale;
-        if (weight) v *= param_1(weight, storage, i);
-        if (bias) v += param_1(bias, storage, i);
-        STORE1(y + i, v);
-    }
+    for (; i < n; i++) STORE1(y + i, normalized_1(x, addend, i, hi, lo, scale, weight, bias, storage));
 }
 
 /* normalize_span (not streamed) from the span's end to its start: the same
@@ -227,12 +233,7 @@ static inline __attribute__((always_inline)) void normalize_span_descending(cons
 #if LN_MASKED_TAILS
     if (vectors_end < n) store_normalized_part(x, addend, y, vectors_end, n - vectors_end, vhi, vlo, vscale, weight, bias, storage);
 #else
-    for (int64_t i = n - 1; i >= vectors_end; i--) {
-        C v = ((load1_or_sum(x, addend, i) - hi) - lo) * scale;
-        if (weight) v *= param_1(weight, storage, i);
-        if (bias) v += param_1(bias, storage, i);
-        STORE1(y + i, v);
-    }
+    for (int64_t i = n - 1; i >= vectors_end; i--) STORE1(y + i, normalized_1(x, addend, i, hi, lo, scale, weight, bias, storage));
 #endif
 #define LN_DESCENDING(W, B)                                                                                      \
     for (int64_t i = vectors_end - VL; i >= head; i -= VL)                                                        \

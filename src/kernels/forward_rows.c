@@ -160,16 +160,6 @@ static inline int64_t alias_window(int prefetch)
     return sizeof(E) == 4 ? 128 : 256;
 }
 
-/* Whether y's stores alias the loads that follow them (the normalize
- * pass's data: x, or the fused add's stored sum, or x and residual) when
- * `lead` bytes ahead of them. */
-static inline int y_aliases_sources(const ln_forward_args *a, int sum_streamed, int64_t lead, int64_t window)
-{
-    if (!a->residual) return ln_stores_alias_next_loads(a->y, a->x, lead, window);
-    if (!sum_streamed) return ln_stores_alias_next_loads(a->y, a->sum_out, lead, window);
-    return ln_stores_alias_next_loads(a->y, a->x, lead, window) || ln_stores_alias_next_loads(a->y, a->residual, lead, window);
-}
-
 static inline memory_plan plan_memory(const ln_forward_args *a, int64_t group)
 {
     const int64_t rows = a->layout.outer, cols = a->layout.reduce, bytes = rows * cols * (int64_t)sizeof(E);
@@ -178,13 +168,13 @@ static inline memory_plan plan_memory(const ln_forward_args *a, int64_t group)
                         prefetch_row_groups(a, group), 0};
     if (plan.y && a->residual && SUM_STREAMS)
         plan.sum = stream_row_outputs(a->sum_out, rows, cols, arrays) && ln_outputs_apart_from_inputs(a, bytes);
-    /* 0 bytes ahead is y in place, or y at x's offset: every load of x then
-     * comes before the store that matches it */
-    if (!plan.y && !plan.staged && a->y != a->x) {
-        if (y_aliases_sources(a, plan.sum, 1, alias_window(plan.prefetch))) plan.descending = 1;
+    /* (y in place, 0 bytes ahead, is not: every load of x comes before the
+     * store that matches it) */
+    if (!plan.y && !plan.staged) {
+        if (ln_y_aliases_sources(a, plan.sum, 1, alias_window(plan.prefetch))) plan.descending = 1;
         /* rows one apart: row g's stores would alias row g + 1's loads of
          * the same iteration of normalize_span_pair */
-        else if (y_aliases_sources(a, plan.sum, cols * (int64_t)sizeof(E), 512)) plan.descending = 2;
+        else if (ln_y_aliases_sources(a, plan.sum, cols * (int64_t)sizeof(E), 512)) plan.descending = 2;
     }
     return plan;
 }
@@ -581,8 +571,8 @@ _Static_assert(LN_SHORT_ROW_GROUP * (LN_SHORT_GROUP_MAX_BYTES / sizeof(E)) <= LN
 #endif
 
 /* The normalize pass of a row group in reverse: rows and their vectors
- * (see ln_stores_alias_next_loads).  Out of line, so that the usual path's
- * code stays as it was (inlined, (20, 500) took 1.04x the time). */
+ * (see ln_stores_alias_next_loads).  Out of line, so that the usual path
+ * does not carry its code. */
 static __attribute__((noinline)) void normalize_group_descending(const ln_forward_args *a, int64_t first, int64_t count,
                                                                  const row_transform *t, memory_plan plan)
 {

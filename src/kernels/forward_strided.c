@@ -27,17 +27,6 @@ static inline void chan_merge_wide(double *mean, double *m2, VDN chunk_mean, VDN
     *(VDN_unaligned *)m2 = *(const VDN_unaligned *)m2 + (chunk_m2 + delta * delta * wab);
 }
 
-/* Whether y lies 1 to 512 bytes ahead of the second pass's data (x, the
- * fused add's stored sum, or x and residual when the sum streams) modulo
- * 1 MB: see ln_stores_alias_next_loads. */
-static inline int columns_store_ahead(const ln_forward_args *a, int stream_sum)
-{
-    const int64_t window = 512;
-    if (!a->residual) return ln_stores_alias_next_loads(a->y, a->x, 1, window);
-    if (!stream_sum) return ln_stores_alias_next_loads(a->y, a->sum_out, 1, window);
-    return ln_stores_alias_next_loads(a->y, a->x, 1, window) || ln_stores_alias_next_loads(a->y, a->residual, 1, window);
-}
-
 /* Statistics and normalization of `vectors` (a constant after inlining)
  * vectors of positions starting at inner index i: walking down `reduce`, the
  * shifted Welford state is kept in registers as far as they hold it (16
@@ -155,7 +144,7 @@ static inline __attribute__((always_inline)) void forward_columns(const ln_forwa
      * data (see ln_stores_alias_next_loads): NCHW (32, 64, 56, 56), 2
      * threads, AVX-512, with x and y on 1 MB boundaries, y 64 bytes ahead
      * took 2.02x the time of y at x's offset, 128 bytes 1.26x, 256 1.07x */
-    const int descending = vectors > 1 && columns_store_ahead(a, stream_sum);
+    const int descending = vectors > 1 && ln_y_aliases_sources(a, stream_sum, 1, 512);
     for (int64_t r = 0; r < reduce; r++) {
         const int64_t at = base + r * inner;
         ln_prefetch_next_column(x + at, residual ? residual + at : NULL, vectors * VL * (int64_t)sizeof(E));
