@@ -12,7 +12,8 @@ new/old ratio.
     PYTHONPATH=src python bench/compare_builds.py /tmp/old/src src forward 16384x1024 --threads 2
 
 Operations: forward (layer norm, weight and bias), rms, backward, add (the
-fused add, sum not in place).  float32 unless --dtype float64, float16 or
+fused add, sum not in place; --sum-ahead places it just ahead of x modulo
+1 MB, see ln_stores_alias_next_loads).  float32 unless --dtype float64, float16 or
 bfloat16 (ml_dtypes); half precision gets float32 weight, bias and statistics.
 """
 import argparse
@@ -44,6 +45,18 @@ def off_a_line(shape, dtype, offset):
     return buffer[start:start + count * dtype.itemsize].view(dtype).reshape(shape)
 
 
+MEGABYTE = 1 << 20
+
+
+def past_a_megabyte(values, offset):
+    """A copy of `values` starting `offset` bytes past a 1 MB boundary."""
+    buffer = np.empty(values.nbytes + offset + MEGABYTE, np.uint8)
+    start = (-buffer.ctypes.data) % MEGABYTE + offset
+    copy = buffer[start:start + values.nbytes].view(values.dtype).reshape(values.shape)
+    copy[...] = values
+    return copy
+
+
 def make_call(kernels, op, arrays, threads, code):
     x, r, dy, w, b, y, s, dx, dw, db, mean, rstd = arrays
     layout = x.shape if x.ndim == 3 else (*x.shape, 1)
@@ -73,6 +86,9 @@ def main():
                              "numpy.empty_like (often 16 bytes off a 64-byte line, as a user's out= may be)")
     parser.add_argument("--output-offset", type=int, default=None, metavar="BYTES",
                         help="outputs BYTES past a 64-byte line instead (a multiple of the item size)")
+    parser.add_argument("--sum-ahead", type=int, default=None, metavar="BYTES",
+                        help="add: x on a 1 MB boundary, the residual 512 KB and y 256 KB past others, and "
+                             "the sum BYTES past another (ahead of x modulo 1 MB)")
     args = parser.parse_args()
 
     if args.dtype == "bfloat16":
@@ -96,9 +112,14 @@ def main():
     # bias for free
     weight = (1 + 0.1 * rng.standard_normal(cols)).astype(compute)
     bias = (0.1 * rng.standard_normal(cols)).astype(compute)
-    arrays = (x, rng.standard_normal(x.shape).astype(dtype), rng.standard_normal(x.shape).astype(dtype),
-              weight, bias, empty(x.shape, dtype),
-              empty(x.shape, dtype), empty(x.shape, dtype),
+    residual, y, sum_out = rng.standard_normal(x.shape).astype(dtype), empty(x.shape, dtype), empty(x.shape, dtype)
+    if args.sum_ahead is not None:
+        x = past_a_megabyte(x, 0)
+        residual, y = past_a_megabyte(residual, MEGABYTE // 2), past_a_megabyte(y, MEGABYTE // 4)
+        sum_out = past_a_megabyte(sum_out, args.sum_ahead)
+    arrays = (x, residual, rng.standard_normal(x.shape).astype(dtype),
+              weight, bias, y,
+              sum_out, empty(x.shape, dtype),
               empty((cols,), compute), empty((cols,), compute),
               x.astype(compute).mean(1).ravel(), 1 / x.astype(compute).std(1).ravel())
     calls = {}

@@ -466,6 +466,77 @@ def test_strided_bits_do_not_depend_on_where_y_lies_against_x(simd, rng, dtype, 
         assert got[1].tobytes() == expected_add[1].tobytes(), f"add_layer_norm sum, {where}"
 
 
+def empty_past_a_megabyte(shape, dtype, offset_bytes):
+    """An empty C-contiguous array of any size starting offset_bytes past a
+    1 MB boundary (of a buffer of its own)."""
+    dtype = np.dtype(dtype)
+    nbytes = int(np.prod(shape)) * dtype.itemsize
+    buffer = np.empty(nbytes + offset_bytes + MEGABYTE, np.uint8)
+    start = (-buffer.ctypes.data) % MEGABYTE + offset_bytes
+    return buffer[start:start + nbytes].view(dtype).reshape(shape)
+
+
+# The fused add's sum just ahead of x or the residual modulo 1 MB is added
+# from each row's end (add_span) only in calls from memory (x and residual
+# of 8 MB and more), and streamed when the four arrays take 32 MB (and, in
+# half precision, rows take 2 KB): arrays of 4.5 MB and 8.5 MB cover both,
+# and rows of 2**20 the few long rows that threads split.
+SUM_AHEAD_CASES = [(4_500_000, 768), (8_500_000, 1024), (8_500_000, 1 << 20)]
+
+
+@pytest.mark.parametrize("dtype", ALL_DTYPES)
+@pytest.mark.parametrize("array_bytes, cols", SUM_AHEAD_CASES)
+def test_row_sum_bits_do_not_depend_on_where_the_sum_lies(simd, rng, dtype, array_bytes, cols):
+    """add_layer_norm / add_rms_norm with sum_out 0 to 4 KB past x, or past
+    the residual, modulo 1 MB (on a line or off it, so streamed or stored):
+    the allocated call's y and sum, and x and residual unchanged."""
+    itemsize = np.dtype(dtype).itemsize
+    shape = (-(-array_bytes // (cols * itemsize)), cols)
+    values = rng.standard_normal(shape).astype(dtype)
+    residual_values = rng.standard_normal(shape).astype(dtype)
+    weight, bias = random_params(rng, shape[1:], dtype)
+    expected = ln.add_layer_norm(values, residual_values, -1, weight, bias)
+    expected_rms = ln.add_rms_norm(values, residual_values, -1, weight)
+    for ahead_of in ("x", "residual"):
+        for ahead in (0, 16, 64, 128, 4096 + 16):
+            x = empty_past_a_megabyte(shape, dtype, 0 if ahead_of == "x" else MEGABYTE // 2)
+            residual = empty_past_a_megabyte(shape, dtype, MEGABYTE // 2 if ahead_of == "x" else 0)
+            sum_out = empty_past_a_megabyte(shape, dtype, ahead)
+            y = empty_past_a_megabyte(shape, dtype, MEGABYTE // 4)
+            x[...], residual[...] = values, residual_values
+            where = f"sum {ahead} bytes ahead of {ahead_of} modulo 1 MB"
+            ln.add_layer_norm(x, residual, -1, weight, bias, out=y, sum_out=sum_out)
+            assert y.tobytes() == expected[0].tobytes(), where
+            assert sum_out.tobytes() == expected[1].tobytes(), where
+            ln.add_rms_norm(x, residual, -1, weight, out=y, sum_out=sum_out)
+            assert y.tobytes() == expected_rms[0].tobytes(), f"add_rms_norm, {where}"
+            assert sum_out.tobytes() == expected_rms[1].tobytes(), f"add_rms_norm, {where}"
+            assert x.tobytes() == values.tobytes() and residual.tobytes() == residual_values.tobytes(), where
+
+
+@pytest.mark.parametrize("dtype", ALL_DTYPES)
+def test_strided_sum_bits_do_not_depend_on_where_the_sum_lies(simd, rng, dtype):
+    """The strided kernel adds a column row's vectors from its last where
+    the fused add's sum lies just ahead of x or the residual modulo 1 MB, in
+    calls that stream y (the four arrays 32 MB): the allocated call's bits."""
+    shape = (8 * 4 // np.dtype(dtype).itemsize, 64, 4096)
+    values = rng.standard_normal(shape).astype(dtype)
+    residual_values = rng.standard_normal(shape).astype(dtype)
+    weight, bias = random_params(rng, shape[1:2], dtype)
+    expected = ln.add_layer_norm(values, residual_values, 1, weight, bias)
+    for ahead_of in ("x", "residual"):
+        for ahead in (0, 16, 64, 512, 4096 + 64):
+            x = empty_past_a_megabyte(shape, dtype, 0 if ahead_of == "x" else MEGABYTE // 2)
+            residual = empty_past_a_megabyte(shape, dtype, MEGABYTE // 2 if ahead_of == "x" else 0)
+            sum_out = empty_past_a_megabyte(shape, dtype, ahead)
+            x[...], residual[...] = values, residual_values
+            where = f"sum {ahead} bytes ahead of {ahead_of} modulo 1 MB"
+            y, _ = ln.add_layer_norm(x, residual, 1, weight, bias, sum_out=sum_out)
+            assert y.tobytes() == expected[0].tobytes(), where
+            assert sum_out.tobytes() == expected[1].tobytes(), where
+            assert x.tobytes() == values.tobytes() and residual.tobytes() == residual_values.tobytes(), where
+
+
 @pytest.mark.parametrize("dtype", ALL_DTYPES)
 @pytest.mark.parametrize("with_weight, with_bias", [(False, False), (False, True), (True, False), (True, True)])
 def test_strided_bits_do_not_depend_on_the_output_address(simd, rng, dtype, with_weight, with_bias):

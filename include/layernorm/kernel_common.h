@@ -637,6 +637,15 @@ static inline int ln_y_aliases_sources(const ln_forward_args *a, int sum_streame
     return ln_stores_alias_next_loads(a->y, a->x, lead, window) || ln_stores_alias_next_loads(a->y, a->residual, lead, window);
 }
 
+/* Whether the fused add's sum stores alias the loads of x and residual
+ * that follow them (see ln_stores_alias_next_loads; sum_out in place of
+ * either lies 0 bytes ahead, which is not). */
+static inline int ln_sum_aliases_sources(const ln_forward_args *a, int64_t window)
+{
+    return a->residual && (ln_stores_alias_next_loads(a->sum_out, a->x, 1, window)
+                           || ln_stores_alias_next_loads(a->sum_out, a->residual, 1, window));
+}
+
 /* The fused add's outputs (y and sum_out, `bytes` bytes each) overlap
  * neither input, so that a kernel that streams the sum may recompute
  * x + residual later instead of reading the sum back. */

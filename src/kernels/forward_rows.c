@@ -27,6 +27,8 @@ typedef struct {
     int descending; /* y is stored just ahead of the normalize pass's inputs,
                      * or one row ahead: 1 reverse order, 2 no pairs of rows
                      * (see ln_stores_alias_next_loads) */
+    int sum_descending; /* the fused add's sum is stored just ahead of x or
+                         * residual: each row's add in reverse (add_span) */
 } memory_plan;
 
 /* The shortest rows whose outputs stream (ln_stream_rows decides the rest).
@@ -160,12 +162,30 @@ static inline int64_t alias_window(int prefetch)
     return sizeof(E) == 4 ? 128 : 256;
 }
 
+/* How far ahead of x or residual the fused add's sum may lie and be added
+ * in reverse (add_span), in calls from memory (x and residual together at
+ * least LN_PREFETCH_MIN_BYTES).  A/B against ascending at each d, the sum
+ * d bytes ahead of x modulo 1 MB (bench/compare_builds.py --sum-ahead d),
+ * (4096, 768), 2 threads, AVX-512: float32 d = 16 and 32 (the sum off a line, not
+ * streamed) 0.91x the time, 64 0.83x, 128 1.05x, 192 to 512 1.10x to 1.12x
+ * (where nothing aliases, the reverse order costs that much); float16 32
+ * 0.39x, 64 0.66x, 128 0.88x, 192 0.97x, 256 1.00x; float64 32 0.75x,
+ * 64 0.72x, 128 0.93x, 192 0.99x, 256 1.02x; (16384, 1024) float32 16 0.83x,
+ * 64 0.89x.  In cache the stall costs little ((256, 768), 1 thread, 1.01x
+ * to 1.05x), and the reverse add of a sum off a line lost there (1.13x:
+ * the statistics pass then reads the row's start back from stores still in
+ * flight), so calls in cache keep the ascending add. */
+static inline int64_t sum_alias_window(void)
+{
+    return sizeof(E) == 4 ? 96 : 192;
+}
+
 static inline memory_plan plan_memory(const ln_forward_args *a, int64_t group)
 {
     const int64_t rows = a->layout.outer, cols = a->layout.reduce, bytes = rows * cols * (int64_t)sizeof(E);
     const int arrays = ln_forward_arrays_moved(a);
     memory_plan plan = {stream_row_outputs(a->y, rows, cols, arrays), stage_row_outputs(a->y, rows, cols, arrays), 0,
-                        prefetch_row_groups(a, group), 0};
+                        prefetch_row_groups(a, group), 0, 0};
     if (plan.y && a->residual && SUM_STREAMS)
         plan.sum = stream_row_outputs(a->sum_out, rows, cols, arrays) && ln_outputs_apart_from_inputs(a, bytes);
     /* (y in place, 0 bytes ahead, is not: every load of x comes before the
@@ -176,6 +196,7 @@ static inline memory_plan plan_memory(const ln_forward_args *a, int64_t group)
          * the same iteration of normalize_span_pair */
         else if (ln_y_aliases_sources(a, plan.sum, cols * (int64_t)sizeof(E), 512)) plan.descending = 2;
     }
+    plan.sum_descending = 2 * bytes >= LN_PREFETCH_MIN_BYTES && ln_sum_aliases_sources(a, sum_alias_window());
     return plan;
 }
 
@@ -276,19 +297,20 @@ _Static_assert(LN_ROW_GROUP == 8 && LN_SHORT_ROW_GROUP == 16, "short_rows_statis
 _Static_assert(LN_SHORT_ROW_GROUP * LN_SHORT_GROUP_MAX_BYTES <= LN_STAGED_BYTES, "a short-row group must fit the staging buffer");
 
 /* The fused add's sum_out for the row at `offset` (nothing without one). */
-static inline void store_row_sum(const ln_forward_args *a, int64_t offset, int sum_streamed)
+static inline void store_row_sum(const ln_forward_args *a, int64_t offset, int sum_streamed, int sum_descending)
 {
     if (a->residual)
         add_span((const E *)a->x + offset, (const E *)a->residual + offset, (E *)a->sum_out + offset,
-                 a->layout.reduce, sum_streamed);
+                 a->layout.reduce, sum_streamed, sum_descending);
 }
 
 /* Row r's shift (0 for RMS), read before its fused add, then the add. */
-static inline __attribute__((always_inline)) C prepare_row(const ln_forward_args *a, int64_t r, int sum_streamed, int rms)
+static inline __attribute__((always_inline)) C prepare_row(const ln_forward_args *a, int64_t r, int sum_streamed,
+                                                          int sum_descending, int rms)
 {
     const int64_t offset = r * a->layout.reduce;
     const C shift = rms ? 0 : row_shift(a, offset);
-    store_row_sum(a, offset, sum_streamed);
+    store_row_sum(a, offset, sum_streamed, sum_descending);
     return shift;
 }
 
@@ -357,7 +379,8 @@ _Static_assert(LN_ONE_PASS_MIN_COLS >= LN_SHIFT_VECTORS * LN_LANES, "the shift's
  * the bytes, set the time.  Each row's fused add comes just before its first
  * pass, so that the rows are read in order. */
 static inline __attribute__((always_inline)) void short_rows_statistics(const ln_forward_args *a, int64_t first, int64_t count,
-                                                                         const int folded, int sum_streamed, C *shift,
+                                                                         const int folded, int sum_streamed,
+                                                                         int sum_descending, C *shift,
                                                                          ln_moments *stats, const int64_t cols, C *kept)
 {
     const int rms = a->mode == LN_MODE_RMS_NORM;
@@ -369,7 +392,7 @@ static inline __attribute__((always_inline)) void short_rows_statistics(const ln
         partial[g] = partial_sq[g] = vbroadcast(0);
         if (g >= count) continue;
         const int64_t offset = (first + g) * cols;
-        store_row_sum(a, offset, sum_streamed);
+        store_row_sum(a, offset, sum_streamed, sum_descending);
         const row_data src = row_source(a, offset, sum_streamed);
         if (rms) {
             partial[g] = kept ? partial_squares_keeping(src.data, src.addend, cols, kept + g * cols)
@@ -608,14 +631,15 @@ static inline __attribute__((always_inline)) void row_group_body(const ln_forwar
         /* `folded` (count rounded up to sets of 8, the last padded with
          * zeros) a constant, so that the partial sums stay in registers */
         if (keeps_rows(a, cols, plan)) kept = kept_rows;
-        if (count > LN_ROW_GROUP) short_rows_statistics(a, first, count, LN_SHORT_ROW_GROUP, plan.sum, shift, stats, cols, kept);
-        else short_rows_statistics(a, first, count, LN_ROW_GROUP, plan.sum, shift, stats, cols, kept);
+        if (count > LN_ROW_GROUP) short_rows_statistics(a, first, count, LN_SHORT_ROW_GROUP, plan.sum, plan.sum_descending, shift, stats,
+                                                      cols, kept);
+        else short_rows_statistics(a, first, count, LN_ROW_GROUP, plan.sum, plan.sum_descending, shift, stats, cols, kept);
     } else
 #endif
     {
         for (int64_t g = 0; g < count; g++) {
             stats[g] = (ln_moments){0, 0, 0};
-            shift[g] = prepare_row(a, first + g, plan.sum, rms);
+            shift[g] = prepare_row(a, first + g, plan.sum, plan.sum_descending, rms);
             const row_data src = row_source(a, (first + g) * cols, plan.sum);
             for (int64_t start = 0; start < cols; start += LN_BLOCK)
                 merge_statistics(&stats[g], block_statistics(src, start, cols - start < LN_BLOCK ? cols - start : LN_BLOCK,
@@ -663,7 +687,8 @@ static inline __attribute__((always_inline)) void row_group_body(const ln_forwar
     static __attribute__((noinline)) void name(const ln_forward_args *a, int64_t first, int64_t count,    \
                                                const C *recip, memory_plan plan)                          \
     {                                                                                                     \
-        row_group_body(a, first, count, recip, (memory_plan){plan.y, plan.staged, SUM, plan.prefetch, plan.descending}, COLS); \
+        row_group_body(a, first, count, recip, (memory_plan){plan.y, plan.staged, SUM, plan.prefetch, plan.descending,         \
+                                     plan.sum_descending}, COLS);                                                   \
     }
 LN_ROW_GROUP_COPY(row_group, a->layout.reduce, 0)
 LN_ROW_GROUP_COPY(row_group_summed, a->layout.reduce, 1)
@@ -716,6 +741,8 @@ static int forward_split_rows(const ln_forward_args *a, const C *recip)
      * x + residual, read before the block's sum is written (sum_out may be
      * the residual or x). */
     const int stream_sum = stream && a->residual && ln_stream_rows(a->sum_out, rows, cols, arrays);
+    const int sum_descending = 2 * rows * cols * (int64_t)sizeof(E) >= LN_PREFETCH_MIN_BYTES
+                               && ln_sum_aliases_sources(a, sum_alias_window());
     C shift[LN_MAX_FINISHED_ROWS] = {0};
     ln_moments stats[LN_MAX_FINISHED_ROWS] = {{0, 0, 0}};
     row_transform transform[LN_MAX_FINISHED_ROWS];
@@ -730,11 +757,11 @@ static int forward_split_rows(const ln_forward_args *a, const C *recip)
             const int64_t offset = r * cols + start;
             if (stream_sum) {
                 partial[item] = block_statistics(row_source(a, offset, 1), 0, len, shift[r], recip, rms);
-                add_span((const E *)a->x + offset, (const E *)a->residual + offset, (E *)a->sum_out + offset, len, 1);
+                add_span((const E *)a->x + offset, (const E *)a->residual + offset, (E *)a->sum_out + offset, len, 1, sum_descending);
                 continue;
             }
             if (a->residual)
-                add_span((const E *)a->x + offset, (const E *)a->residual + offset, (E *)a->sum_out + offset, len, 0);
+                add_span((const E *)a->x + offset, (const E *)a->residual + offset, (E *)a->sum_out + offset, len, 0, sum_descending);
             partial[item] = block_statistics(row_source(a, offset, 0), 0, len, shift[r], recip, rms);
         }
         /* the streamed sum is read back after the barrier */

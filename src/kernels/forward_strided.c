@@ -55,6 +55,38 @@ static inline __attribute__((always_inline)) void forward_columns(const ln_forwa
     double merged_mean[LN_MAX_COLUMN_VECTORS * VL], merged_m2[LN_MAX_COLUMN_VECTORS * VL];
     for (int64_t j = 0; j < vectors * VL; j++) merged_mean[j] = merged_m2[j] = 0;
     for (int k = 0; k < vectors; k++) shift[k] = vbroadcast(0);
+    /* one vector of a column row: the fused add, then the moments, which
+     * are each position's own (so the order of the vectors keeps the bits) */
+#define LN_COLUMN_STATISTICS_VECTOR(k)                                                 \
+    do {                                                                               \
+        const int64_t p = at + (k) * VL;                                               \
+        V v;                                                                           \
+        if (stream_sum) {                                                              \
+            v = load_or_sum(x, residual, p);   /* rounded to E, as the stored sum is */ \
+            STREAMV(sum_out + p, v);                                                   \
+        } else {                                                                       \
+            if (residual) STOREV(sum_out + p, LOADV(x + p) + LOADV(residual + p));     \
+            v = LOADV(src + p);                                                        \
+        }                                                                              \
+        if (rms) {                                                                     \
+            m2[k] = vmuladd(v, v, m2[k]);                                              \
+        } else {                                                                       \
+            if (r == 0) shift[k] = v;                                                  \
+            v -= shift[k];                                                             \
+            const V delta = v - mean[k];                                               \
+            mean[k] = vmuladd(delta, inv, mean[k]);                                    \
+            m2[k] = vmuladd(delta, v - mean[k], m2[k]);                                \
+        }                                                                              \
+    } while (0)
+    /* a column row's vectors from its last where the fused add's sum lies
+     * just ahead of x or residual (see ln_stores_alias_next_loads), in calls
+     * large enough to stream y.  A/B against ascending, the sum d bytes
+     * ahead of x modulo 1 MB (bench/compare_builds.py --sum-ahead d), NCHW
+     * (32, 64, 56, 56) float32, 2 threads, AVX-512: d = 16 and 32 (the sum
+     * off a line, not streamed) 0.92x the time, 64 0.72x, 128 0.87x, 192 to
+     * 512 0.95x to 0.98x; in the L3, (8, 64, 28, 28) at 1 thread, where the
+     * stall costs nothing measurable, the reverse order took 1.03x. */
+    const int sum_descending = stream && vectors > 1 && ln_sum_aliases_sources(a, 512);
     for (int64_t first = 0; first < reduce; first += LN_CHUNK_ROWS) {
         const int64_t last = first + LN_CHUNK_ROWS < reduce ? first + LN_CHUNK_ROWS : reduce;
         for (int k = 0; k < vectors; k++) mean[k] = m2[k] = vbroadcast(0);
@@ -64,26 +96,10 @@ static inline __attribute__((always_inline)) void forward_columns(const ln_forwa
             ln_prefetch_column(x + at + vectors * VL, residual ? residual + at + vectors * VL : NULL,
                                y + at, vectors * VL * (int64_t)sizeof(E), stream);
             ln_prefetch_pair_column(x + at, residual ? residual + at : NULL, vectors * VL * (int64_t)sizeof(E));
-            for (int k = 0; k < vectors; k++) {
-                const int64_t p = at + k * VL;
-                V v;
-                if (stream_sum) {
-                    v = load_or_sum(x, residual, p);   /* rounded to E, as the stored sum is */
-                    STREAMV(sum_out + p, v);
-                } else {
-                    if (residual) STOREV(sum_out + p, LOADV(x + p) + LOADV(residual + p));
-                    v = LOADV(src + p);
-                }
-                if (rms) {
-                    m2[k] = vmuladd(v, v, m2[k]);
-                } else {
-                    if (r == 0) shift[k] = v;
-                    v -= shift[k];
-                    const V delta = v - mean[k];
-                    mean[k] = vmuladd(delta, inv, mean[k]);
-                    m2[k] = vmuladd(delta, v - mean[k], m2[k]);
-                }
-            }
+            if (__builtin_expect(sum_descending, 0))
+                for (int k = vectors - 1; k >= 0; k--) LN_COLUMN_STATISTICS_VECTOR(k);
+            else
+                for (int k = 0; k < vectors; k++) LN_COLUMN_STATISTICS_VECTOR(k);
         }
         /* Chan-merge this chunk of rows into the float64 moments */
         const double n = (double)last, nb = (double)(last - first), wb = nb / n, wab = (double)first * nb / n;
@@ -93,6 +109,7 @@ static inline __attribute__((always_inline)) void forward_columns(const ln_forwa
                 chan_merge_wide(merged_mean + j, merged_m2 + j, v_widened(mean[k], part), v_widened(m2[k], part), wb, wab);
             }
     }
+#undef LN_COLUMN_STATISTICS_VECTOR
     C lo[LN_MAX_COLUMN_VECTORS * VL], scale[LN_MAX_COLUMN_VECTORS * VL], shift_c[LN_MAX_COLUMN_VECTORS * VL];
     for (int k = 0; k < vectors; k++) vstore_c(shift_c + k * VL, shift[k]);
     const double inv_n = 1.0 / (double)reduce;
