@@ -479,17 +479,20 @@ def empty_past_a_megabyte(shape, dtype, offset_bytes):
 # The fused add's sum just ahead of x or the residual modulo 1 MB is added
 # from each row's end (add_span) only in calls from memory (x and residual
 # of 8 MB and more), and streamed when the four arrays take 32 MB (and, in
-# half precision, rows take 2 KB): arrays of 4.5 MB and 8.5 MB cover both,
-# and rows of 2**20 the few long rows that threads split.
-SUM_AHEAD_CASES = [(4_500_000, 768), (8_500_000, 1024), (8_500_000, 1 << 20)]
+# half precision, rows take 2 KB; float32/float64 rows of 1 KB also off a
+# line): arrays of 4.5 MB and 8.5 MB cover both, and rows of 2**20 the few
+# long rows that threads split.  y on a line streams; off a line, rows under
+# 4 KB are staged (and float32/float64 sums stream along in rows of 2 KB).
+SUM_AHEAD_CASES = [(4_500_000, 768), (8_500_000, 768), (8_500_000, 1024), (8_500_000, 1 << 20)]
 
 
 @pytest.mark.parametrize("dtype", ALL_DTYPES)
 @pytest.mark.parametrize("array_bytes, cols", SUM_AHEAD_CASES)
 def test_row_sum_bits_do_not_depend_on_where_the_sum_lies(simd, rng, dtype, array_bytes, cols):
     """add_layer_norm / add_rms_norm with sum_out 0 to 4 KB past x, or past
-    the residual, modulo 1 MB (on a line or off it, so streamed or stored):
-    the allocated call's y and sum, and x and residual unchanged."""
+    the residual, modulo 1 MB (on a line or off it, so streamed or stored),
+    y on a line or off it: the allocated call's y and sum, and x and
+    residual unchanged."""
     itemsize = np.dtype(dtype).itemsize
     shape = (-(-array_bytes // (cols * itemsize)), cols)
     values = rng.standard_normal(shape).astype(dtype)
@@ -497,14 +500,14 @@ def test_row_sum_bits_do_not_depend_on_where_the_sum_lies(simd, rng, dtype, arra
     weight, bias = random_params(rng, shape[1:], dtype)
     expected = ln.add_layer_norm(values, residual_values, -1, weight, bias)
     expected_rms = ln.add_rms_norm(values, residual_values, -1, weight)
-    for ahead_of in ("x", "residual"):
+    for ahead_of, y_offset in (("x", 0), ("residual", 0), ("x", 16)):
         for ahead in (0, 16, 64, 128, 4096 + 16):
             x = empty_past_a_megabyte(shape, dtype, 0 if ahead_of == "x" else MEGABYTE // 2)
             residual = empty_past_a_megabyte(shape, dtype, MEGABYTE // 2 if ahead_of == "x" else 0)
             sum_out = empty_past_a_megabyte(shape, dtype, ahead)
-            y = empty_past_a_megabyte(shape, dtype, MEGABYTE // 4)
+            y = empty_past_a_megabyte(shape, dtype, MEGABYTE // 4 + y_offset)
             x[...], residual[...] = values, residual_values
-            where = f"sum {ahead} bytes ahead of {ahead_of} modulo 1 MB"
+            where = f"sum {ahead} bytes ahead of {ahead_of} modulo 1 MB, y {y_offset} bytes off a line"
             ln.add_layer_norm(x, residual, -1, weight, bias, out=y, sum_out=sum_out)
             assert y.tobytes() == expected[0].tobytes(), where
             assert sum_out.tobytes() == expected[1].tobytes(), where

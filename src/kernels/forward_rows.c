@@ -64,6 +64,31 @@ static inline int stream_row_outputs(const void *y, int64_t rows, int64_t cols, 
     return ln_stream_rows(y, rows, cols, arrays) && cols * (int64_t)sizeof(E) >= STREAMED_ROW_MIN_BYTES;
 }
 
+/* The fused add's sum streams (with y) as y would, and float32/float64
+ * sums also off a line in rows of at least STREAMED_SUM_OFF_LINE_MIN_BYTES:
+ * LN_STREAMED_SPAN stores a row's partial lines at both ends with ordinary
+ * stores, so no line is partly streamed.  A user's sum_out from
+ * numpy.empty_like lies 16 bytes off a line.  A/B against not streaming it
+ * (bench/compare_builds.py --sum-ahead 4112: 16 bytes off a line, nothing
+ * aliased), 2 threads: float32 (4096, 768) 0.77x to 0.78x the time at
+ * AVX-512, 0.73x at AVX2, 0.96x at the baseline, 1 thread 0.78x;
+ * (16384, 512) 0.82x; (65536, 256) 0.97x; float64 (8192, 256) 0.87x.
+ * Half precision lost: float16 (16384, 1024) 1.14x, bfloat16 1.27x.
+ * Where y is staged (off a line too) rather than streamed, the sum streams
+ * in rows of STREAMED_SUM_STAGED_MIN_BYTES and more (--output-offset 16,
+ * against not streaming): (4096, 768) 0.72x at AVX-512, 0.67x at AVX2,
+ * (16384, 512) 0.87x; rows of 1 KB lost ((65536, 256) 1.05x). */
+#define STREAMED_SUM_OFF_LINE_MIN_BYTES 1024
+#define STREAMED_SUM_STAGED_MIN_BYTES 2048
+#define STREAMS_SUMS_OFF_LINE (LN_DT == LN_DT_FLOAT32 || LN_DT == LN_DT_FLOAT64)
+static inline int stream_row_sums(const void *sum_out, int64_t rows, int64_t cols, int arrays)
+{
+    const int64_t row_bytes = cols * (int64_t)sizeof(E);
+    if (stream_row_outputs(sum_out, rows, cols, arrays)) return 1;
+    return LN_CAN_STREAM && STREAMS_SUMS_OFF_LINE && arrays * rows * row_bytes >= LN_STREAM_MIN_BYTES
+           && row_bytes % 64 == 0 && row_bytes >= STREAMED_SUM_OFF_LINE_MIN_BYTES && (uintptr_t)sum_out % sizeof(E) == 0;
+}
+
 /* Rows shorter than 4 KB, of whole lines, that stream_row_outputs does not
  * stream (y off a line; half-precision rows under 2 KB wherever y starts):
  * each row group is normalized into an L1 buffer with the ordinary stores
@@ -186,8 +211,9 @@ static inline memory_plan plan_memory(const ln_forward_args *a, int64_t group)
     const int arrays = ln_forward_arrays_moved(a);
     memory_plan plan = {stream_row_outputs(a->y, rows, cols, arrays), stage_row_outputs(a->y, rows, cols, arrays), 0,
                         prefetch_row_groups(a, group), 0, 0};
-    if (plan.y && a->residual && SUM_STREAMS)
-        plan.sum = stream_row_outputs(a->sum_out, rows, cols, arrays) && ln_outputs_apart_from_inputs(a, bytes);
+    if ((plan.y || (plan.staged && cols * (int64_t)sizeof(E) >= STREAMED_SUM_STAGED_MIN_BYTES)) && a->residual
+        && SUM_STREAMS)
+        plan.sum = stream_row_sums(a->sum_out, rows, cols, arrays) && ln_outputs_apart_from_inputs(a, bytes);
     /* (y in place, 0 bytes ahead, is not: every load of x comes before the
      * store that matches it) */
     if (!plan.y && !plan.staged) {
