@@ -187,9 +187,10 @@ static inline int64_t alias_window(int prefetch)
     return sizeof(E) == 4 ? 128 : 256;
 }
 
-/* How far ahead of x or residual the fused add's sum may lie and be added
- * in reverse (add_span), in calls from memory (x and residual together at
- * least LN_PREFETCH_MIN_BYTES).  A/B against ascending at each d, the sum
+/* Add each row's fused-add sum in reverse (add_span)?  Where the sum lies
+ * just ahead of x or residual (96 bytes for 4-byte types, 192 for others),
+ * in calls from memory (x and residual together at least
+ * LN_PREFETCH_MIN_BYTES).  A/B against ascending at each d, the sum
  * d bytes ahead of x modulo 1 MB (bench/compare_builds.py --sum-ahead d),
  * (4096, 768), 2 threads, AVX-512: float32 d = 16 and 32 (the sum off a line, not
  * streamed) 0.91x the time, 64 0.83x, 128 1.05x, 192 to 512 1.10x to 1.12x
@@ -200,9 +201,10 @@ static inline int64_t alias_window(int prefetch)
  * to 1.05x), and the reverse add of a sum off a line lost there (1.13x:
  * the statistics pass then reads the row's start back from stores still in
  * flight), so calls in cache keep the ascending add. */
-static inline int64_t sum_alias_window(void)
+static inline int adds_sums_descending(const ln_forward_args *a)
 {
-    return sizeof(E) == 4 ? 96 : 192;
+    const int64_t inputs_bytes = 2 * a->layout.outer * a->layout.reduce * (int64_t)sizeof(E);
+    return inputs_bytes >= LN_PREFETCH_MIN_BYTES && ln_sum_aliases_sources(a, sizeof(E) == 4 ? 96 : 192);
 }
 
 static inline memory_plan plan_memory(const ln_forward_args *a, int64_t group)
@@ -222,7 +224,7 @@ static inline memory_plan plan_memory(const ln_forward_args *a, int64_t group)
          * the same iteration of normalize_span_pair */
         else if (ln_y_aliases_sources(a, plan.sum, cols * (int64_t)sizeof(E), 512)) plan.descending = 2;
     }
-    plan.sum_descending = 2 * bytes >= LN_PREFETCH_MIN_BYTES && ln_sum_aliases_sources(a, sum_alias_window());
+    plan.sum_descending = adds_sums_descending(a);
     return plan;
 }
 
@@ -767,8 +769,7 @@ static int forward_split_rows(const ln_forward_args *a, const C *recip)
      * x + residual, read before the block's sum is written (sum_out may be
      * the residual or x). */
     const int stream_sum = stream && a->residual && ln_stream_rows(a->sum_out, rows, cols, arrays);
-    const int sum_descending = 2 * rows * cols * (int64_t)sizeof(E) >= LN_PREFETCH_MIN_BYTES
-                               && ln_sum_aliases_sources(a, sum_alias_window());
+    const int sum_descending = adds_sums_descending(a);
     C shift[LN_MAX_FINISHED_ROWS] = {0};
     ln_moments stats[LN_MAX_FINISHED_ROWS] = {{0, 0, 0}};
     row_transform transform[LN_MAX_FINISHED_ROWS];
