@@ -5,9 +5,9 @@ import numpy as np
 import pytest
 
 import layernorm as ln
-from conftest import (FLOAT32, FLOAT64, assert_close, check_layer_norm_backward, in_layout,
-                      keepdims_shape, numeric_gradient, param_shape, random_array, random_params,
-                      ref, shape_axis_cases, stats_dtype)
+from conftest import (BFLOAT16, FLOAT16, FLOAT32, FLOAT64, assert_close, check_layer_norm_backward,
+                      check_rms_norm_backward, in_layout, keepdims_shape, numeric_gradient, param_shape,
+                      random_array, random_params, ref, shape_axis_cases, stats_dtype, use_threads)
 
 SHAPES = [(5,), (3, 4), (2, 3, 4), (2, 3, 2, 3)]
 
@@ -63,11 +63,48 @@ def test_kernel_paths(simd, rng, dtype, shape, axis):
     check_layer_norm_backward(x, dy, axis, weight)
 
 
-@pytest.mark.parametrize("shape, axis", [((262144, 8), -1), ((4096, 64, 4), 1), ((16, 32, 8192), 1),
-                                         ((512, 8192), -1)])
+# Calls from memory whose dx is streamed (x, dy and dx of 32 MB or more, rows
+# of whole lines) take their rows one at a time (backward_row_block_by_rows)
+# at the levels that do (half precision: rows of 1 KB and more, not at the
+# baseline).  Row blocks of 125 rows (the last of 106; half precision 128 and
+# 86): chains of carried rows that end before LN_CARRIED_ROWS.
+ROW_AT_A_TIME_CASES = [
+    pytest.param(FLOAT32, (2731, 1024), id="float32-4KB-rows"),
+    pytest.param(FLOAT32, (43691, 64), id="float32-256B-rows"),
+    pytest.param(FLOAT64, (2731, 512), id="float64"),
+    pytest.param(FLOAT16, (5462, 1024), id="float16"),
+    pytest.param(BFLOAT16, (5462, 1024), id="bfloat16",
+                 marks=pytest.mark.skipif(BFLOAT16 is None, reason="ml_dtypes not installed")),
+]
+
+
+@pytest.mark.parametrize("dtype, shape", ROW_AT_A_TIME_CASES)
+def test_calls_from_memory_one_row_at_a_time(simd, rng, dtype, shape):
+    """Against the reference (layer norm with a weight, RMS norm without),
+    the same bits at 1 and 2 threads, and dx rows with the bits of a small
+    call's (whose rows go in groups)."""
+    x = random_array(rng, shape, dtype, offset=3.0)
+    dy = random_array(rng, shape, dtype)
+    weight = random_params(rng, shape[1:], stats_dtype(dtype))[0]
+    _, mean, rstd = ln.layer_norm(x, -1, weight, return_stats=True)
+    with use_threads(2):
+        grads = check_layer_norm_backward(x, dy, -1, weight)
+        rms_grads = check_rms_norm_backward(x, dy, -1)
+    with use_threads(1):
+        again = ln.layer_norm_backward(dy, x, mean, rstd, -1, weight)
+        _, rrms = ln.rms_norm(x, -1, return_stats=True)
+        rms_again = ln.rms_norm_backward(dy, x, rrms, -1)
+    for got, expected in zip(grads + rms_grads, again + rms_again):
+        assert got.tobytes() == expected.tobytes(), "1 and 2 threads differ"
+    small = ln.layer_norm_backward(dy[-3:], x[-3:], mean[-3:], rstd[-3:], -1, weight)[0]
+    assert grads[0][-3:].tobytes() == small.tobytes()
+
+
+@pytest.mark.parametrize("shape, axis", [((262144, 8), -1), ((131072, 64), -1), ((4096, 64, 4), 1),
+                                         ((16, 32, 8192), 1), ((512, 8192), -1)])
 def test_parameter_gradients_accurate_over_many_rows(simd, rng, shape, axis):
     """float32 dweight/dbias within 1e-5 relative error when summing 262144 rows
-    (row blocks, strided positions one at a time), 131072 strided positions
+    (row blocks), 131072 rows (one at a time), strided positions one at a time, 131072 strided positions
     (in columns of vectors) or 512 long rows (running sums of 16 rows).
 
     dy has a large component along xhat and a non-zero mean, so dweight and

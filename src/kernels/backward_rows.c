@@ -9,9 +9,10 @@
  * One visit per row: the two row sums, then dx and the row's share of
  * dweight/dbias while x and dy are in cache.  dweight/dbias: rows are grouped
  * in fixed row blocks (their size depends on the shape only); a block sums
- * groups of LN_GROUP rows in the compute type, flushes them every
- * LN_CARRIED_ROWS rows into its own float64 partial, and the partials are
- * added in block order.  Long rows
+ * groups of LN_GROUP rows in the compute type (calls from memory: one row at
+ * a time, see rows_one_at_a_time), flushes them every LN_CARRIED_ROWS rows
+ * into its own float64 partial, and the partials are added in block order.
+ * Long rows
  * go in groups of rows that all threads share, by column chunks instead (see
  * backward_long_rows).  Any thread count gives the same bits.
  */
@@ -90,11 +91,13 @@ typedef struct { double sum_g, sum_g_xhat; } row_sums;
  * (4096, 768) 0.98x.
  * Shorter rows gained nothing ((262144, 64) float32 1.04x, float16 1.03x,
  * AVX2 float32 0.92x; bfloat16 (65536, 256) 0.99x), and calls under 8 MB
- * of inputs are left alone. */
+ * of inputs are left alone.  (Most of these calls now go a row at a time
+ * instead, with a prefetch of their own: see rows_one_at_a_time.) */
+#define PREFETCH_MIN_BYTES ((int64_t)8 << 20)
 static inline int prefetch_row_groups(const ln_backward_args *a)
 {
     const int64_t row_bytes = a->layout.reduce * (int64_t)sizeof(E), inputs = 2 * a->layout.outer * row_bytes;
-    return row_bytes >= 1024 && inputs >= ((int64_t)8 << 20);
+    return row_bytes >= 1024 && inputs >= PREFETCH_MIN_BYTES;
 }
 
 static inline V grad_in(const void *weight, int storage, const E *dy, int64_t i)
@@ -451,6 +454,117 @@ static void backward_row_block(const ln_backward_args *a, int64_t b, int64_t row
     }
 }
 
+/* Calls from memory take their rows one at a time rather than in groups:
+ * the row sums, then dx (streamed) and the row's dy*xhat and dy added to a
+ * compute-type carry in L1 (flushed to the block's float64 partial every
+ * LN_CARRIED_ROWS rows), while the row ROW_PREFETCH_BYTES ahead is
+ * prefetched into L1.  A group's dx pass reads 8 rows (up to 64 KB of x and
+ * dy) back from L2 and streams to 8 rows at once; one row stays in L1.
+ * Which calls:
+ * - dx streamed (so x, dy and dx of LN_STREAM_MIN_BYTES and more, rows of
+ *   whole lines): with dx stored, (2048, 1024) took 1.16x the time and
+ *   (2731, 1000) 1.21x;
+ * - so never in cache, where the carry's loads and stores, which a group
+ *   amortizes over 8 rows, cost more ((1024, 768) took 1.24x);
+ * - rows of at most ROW_AT_A_TIME_MAX_BYTES ((4096, 4096) float32, a 32 KB
+ *   carry, took 1.11x);
+ * - not half precision in rows under 1 KB, bound by its conversions
+ *   ((262144, 64) float16 1.07x, bfloat16 1.12x, (65536, 256) float16
+ *   1.12x), nor at the baseline (float16 (4096, 768) 1.05x).
+ * dx has the same bits either way; dweight/dbias are summed in another
+ * order (the choice depends on the shape only).  A/B against the groups
+ * (bench/compare_builds.py), 2 threads, AVX-512 unless stated: float32
+ * (4096, 768) 0.79x the time (AVX2 0.83x, baseline 0.94x, 1 thread 0.78x
+ * to 0.80x), (16384, 1024) 0.89x, (32768, 512) 0.84x, (65536, 256) 0.80x,
+ * (262144, 64) 0.68x, (8192, 2048) 0.94x; float64 (4096, 768) 0.81x;
+ * float16 (16384, 1024) 0.79x, (8192, 768) 0.87x; bfloat16 (16384, 1024)
+ * 0.85x.  Calls that keep the groups: (2048, 1024), (2731, 1000), float16
+ * (4096, 768) (dx not streamed) 1.00x; (1024, 768) 1.00x. */
+#define ROW_AT_A_TIME_MAX_BYTES 8192
+#define ROW_AT_A_TIME_MAX_COLS (ROW_AT_A_TIME_MAX_BYTES / (int64_t)sizeof(C))
+/* Prefetched this far ahead (at least one row).  A/B, float32 (4096, 768),
+ * (16384, 1024), (65536, 256): 2 KB ahead 0.79x, 0.87x, 0.88x the time of
+ * the groups; 4 KB 0.80x, 0.91x, 0.81x; 8 KB 0.84x, 0.90x, 0.81x; 16 KB
+ * 0.94x, 0.99x, 0.93x.  Into L2 (LN_PREFETCH_LOCALITY) instead of L1,
+ * (4096, 768) took 0.87x. */
+#define ROW_PREFETCH_BYTES 4096
+static inline int rows_one_at_a_time(const ln_backward_args *a)
+{
+    const int64_t cols = a->layout.reduce, row_bytes = cols * (int64_t)sizeof(E);
+    const int half = LN_DT == LN_DT_FLOAT16 || LN_DT == LN_DT_BFLOAT16;
+    if (2 * a->layout.outer * row_bytes < PREFETCH_MIN_BYTES || row_bytes > ROW_AT_A_TIME_MAX_BYTES
+        || cols > ROW_AT_A_TIME_MAX_COLS)
+        return 0;
+    /* (streamed rows are of whole lines, so of whole vectors: dx_row has no tail) */
+    return dx_streamed(a) && cols % VL == 0 && (!half || (LN_VECTOR_BYTES >= 32 && row_bytes >= 1024));
+}
+
+/* Row r's dx, and its dy*xhat and dy added to the carry (2 * cols values:
+ * dweight's, then dbias's) or, with `flush`, added with the carry to the
+ * float64 sums (wide_w, wide_b; NULL: not wanted).  `restart`: the carry
+ * starts over with this row.  The row `ahead` rows on is prefetched into L1
+ * (ahead 0: none).  dx is streamed, and rows are of whole vectors (see
+ * rows_one_at_a_time). */
+static inline __attribute__((always_inline)) void dx_row(const ln_backward_args *a, int64_t r, const row_coefficients *c,
+                                                         C *carry, double *wide_w, double *wide_b, const int restart,
+                                                         const int flush, int first_flush, int64_t ahead)
+{
+    const int64_t cols = a->layout.reduce;
+    const void *weight = a->weight;
+    const int storage = a->params_in_storage_type;
+    const E *x = (const E *)a->x + r * cols, *dy = (const E *)a->dy + r * cols;
+    E *dx = (E *)a->dx + r * cols;
+    C *carry_w = carry, *carry_b = carry + cols;
+    const int want = wide_w || wide_b;
+    const int64_t next = ahead * cols;
+    for (int64_t i = 0; i < cols; i += VL) {
+        if (next && i % LN_LINE_ELEMENTS == 0) {
+            __builtin_prefetch(x + next + i, 0, 3);
+            __builtin_prefetch(dy + next + i, 0, 3);
+        }
+        const V d = LOADV(dy + i);
+        const V xhat = (LOADV(x + i) - vsplat(c->mean)) * vsplat(c->rstd);
+        const V w = weight ? param_v(weight, storage, i) : vbroadcast(1);
+        const V result = vsplat(c->rstd) * vmuladd(xhat, vsplat(c->neg_mean_gx), vmuladd(d, w, vsplat(c->neg_mean_g)));
+        STREAMV(dx + i, result);
+        if (!want) continue;
+        const V sum_w = vmuladd(d, xhat, restart ? vbroadcast(0) : vload_c(carry_w + i));
+        const V sum_b = restart ? d : d + vload_c(carry_b + i);
+        if (flush) {
+            if (wide_w) vd_add_widened(wide_w + i, sum_w, first_flush);
+            if (wide_b) vd_add_widened(wide_b + i, sum_b, first_flush);
+        } else {
+            vstore_c(carry_w + i, sum_w);
+            vstore_c(carry_b + i, sum_b);
+        }
+    }
+}
+
+/* Row block b a row at a time (see rows_one_at_a_time), its dweight/dbias
+ * into the block's float64 partial (NULL: not wanted). */
+static void backward_row_block_by_rows(const ln_backward_args *a, int64_t b, int64_t rows_per_block, double *partial)
+{
+    const int64_t rows = a->layout.outer, cols = a->layout.reduce;
+    const int64_t first = b * rows_per_block;
+    const int64_t last = first + rows_per_block < rows ? first + rows_per_block : rows;
+    const int64_t row_bytes = cols * (int64_t)sizeof(E), ahead = (ROW_PREFETCH_BYTES + row_bytes - 1) / row_bytes;
+    double *wide_w = partial ? partial + 2 * b * cols : NULL, *wide_b = partial ? partial + (2 * b + 1) * cols : NULL;
+    C carry[2 * ROW_AT_A_TIME_MAX_COLS] __attribute__((aligned(64)));
+    for (int64_t r = first, index = 0; r < last; r++, index++) {
+        const E *x = (const E *)a->x + r * cols, *dy = (const E *)a->dy + r * cols;
+        const row_coefficients c = coefficients(a, r, sum_row(x, dy, a->weight, a->params_in_storage_type, cols,
+                                                              row_mean(a, r), ((const C *)a->rstd)[r]));
+        const int restart = index % LN_CARRIED_ROWS == 0, flush = index % LN_CARRIED_ROWS == LN_CARRIED_ROWS - 1 || r + 1 == last;
+        const int first_flush = index < LN_CARRIED_ROWS;
+        const int64_t prefetch = r + ahead < rows ? ahead : 0;
+        /* the carry's four cases compiled apart, without a test per vector */
+        if (restart && flush) dx_row(a, r, &c, carry, wide_w, wide_b, 1, 1, first_flush, prefetch);
+        else if (restart) dx_row(a, r, &c, carry, wide_w, wide_b, 1, 0, first_flush, prefetch);
+        else if (flush) dx_row(a, r, &c, carry, wide_w, wide_b, 0, 1, first_flush, prefetch);
+        else dx_row(a, r, &c, carry, wide_w, wide_b, 0, 0, first_flush, prefetch);
+    }
+}
+
 /* Many rows: threads take row blocks; each block owns a float64 partial. */
 static int backward_row_blocks(const ln_backward_args *a)
 {
@@ -475,10 +589,14 @@ static int backward_row_blocks(const ln_backward_args *a)
     if (want_params && !partial) return LN_ERROR_NO_MEMORY;
     const int stream = dx_streamed(a);
     const int prefetch = prefetch_row_groups(a);
+    const int by_rows = rows_one_at_a_time(a);
 
     if (!ln_parallel_if(rows * cols, a->num_threads)) {
         /* small call: no OpenMP region at all, its start-up costs microseconds */
-        for (int64_t b = 0; b < blocks; b++) backward_row_block(a, b, rows_per_block, group, dx_rows, partial, stream, prefetch);
+        for (int64_t b = 0; b < blocks; b++) {
+            if (by_rows) backward_row_block_by_rows(a, b, rows_per_block, partial);
+            else backward_row_block(a, b, rows_per_block, group, dx_rows, partial, stream, prefetch);
+        }
         if (stream) ln_stream_fence();
         if (want_params) ln_sum_partials(a, partial, blocks, 0, cols);
         free(partial);
@@ -488,7 +606,10 @@ static int backward_row_blocks(const ln_backward_args *a)
     #pragma omp parallel num_threads(a->num_threads)
     {
         #pragma omp for schedule(dynamic, chunk)
-        for (int64_t b = 0; b < blocks; b++) backward_row_block(a, b, rows_per_block, group, dx_rows, partial, stream, prefetch);
+        for (int64_t b = 0; b < blocks; b++) {
+            if (by_rows) backward_row_block_by_rows(a, b, rows_per_block, partial);
+            else backward_row_block(a, b, rows_per_block, group, dx_rows, partial, stream, prefetch);
+        }
         if (stream) ln_stream_fence();
         if (want_params) {
             ln_sum_partials_shared(a, partial, blocks);
