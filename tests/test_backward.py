@@ -104,8 +104,9 @@ def test_calls_from_memory_one_row_at_a_time(simd, rng, dtype, shape):
                                          ((16, 32, 8192), 1), ((512, 8192), -1)])
 def test_parameter_gradients_accurate_over_many_rows(simd, rng, shape, axis):
     """float32 dweight/dbias within 1e-5 relative error when summing 262144 rows
-    (row blocks), 131072 rows (one at a time), strided positions one at a time, 131072 strided positions
-    (in columns of vectors) or 512 long rows (running sums of 16 rows).
+    (row blocks), 131072 rows (one at a time), strided positions one at a
+    time, 131072 strided positions (in columns of vectors) or 512 long rows
+    (running sums of 16 rows).
 
     dy has a large component along xhat and a non-zero mean, so dweight and
     dbias are large sums that a plain float32 accumulation would get wrong."""

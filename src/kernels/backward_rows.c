@@ -492,11 +492,12 @@ static inline int rows_one_at_a_time(const ln_backward_args *a)
 {
     const int64_t cols = a->layout.reduce, row_bytes = cols * (int64_t)sizeof(E);
     const int half = LN_DT == LN_DT_FLOAT16 || LN_DT == LN_DT_BFLOAT16;
-    if (2 * a->layout.outer * row_bytes < PREFETCH_MIN_BYTES || row_bytes > ROW_AT_A_TIME_MAX_BYTES
-        || cols > ROW_AT_A_TIME_MAX_COLS)
-        return 0;
-    /* (streamed rows are of whole lines, so of whole vectors: dx_row has no tail) */
-    return dx_streamed(a) && cols % VL == 0 && (!half || (LN_VECTOR_BYTES >= 32 && row_bytes >= 1024));
+    /* dx_streamed implies inputs of far more than PREFETCH_MIN_BYTES and rows
+     * of whole lines, so of whole vectors (dx_row has no tail); the carry's
+     * bound implies rows of at most ROW_AT_A_TIME_MAX_BYTES (sizeof(E) <=
+     * sizeof(C)) */
+    return dx_streamed(a) && cols % VL == 0 && cols <= ROW_AT_A_TIME_MAX_COLS
+           && (!half || (LN_VECTOR_BYTES >= 32 && row_bytes >= 1024));
 }
 
 /* Row r's dx, and its dy*xhat and dy added to the carry (2 * cols values:
@@ -590,13 +591,15 @@ static int backward_row_blocks(const ln_backward_args *a)
     const int stream = dx_streamed(a);
     const int prefetch = prefetch_row_groups(a);
     const int by_rows = rows_one_at_a_time(a);
+#define LN_ROW_BLOCK(b)                                                                                    \
+    do {                                                                                                   \
+        if (by_rows) backward_row_block_by_rows(a, (b), rows_per_block, partial);                          \
+        else backward_row_block(a, (b), rows_per_block, group, dx_rows, partial, stream, prefetch);       \
+    } while (0)
 
     if (!ln_parallel_if(rows * cols, a->num_threads)) {
         /* small call: no OpenMP region at all, its start-up costs microseconds */
-        for (int64_t b = 0; b < blocks; b++) {
-            if (by_rows) backward_row_block_by_rows(a, b, rows_per_block, partial);
-            else backward_row_block(a, b, rows_per_block, group, dx_rows, partial, stream, prefetch);
-        }
+        for (int64_t b = 0; b < blocks; b++) LN_ROW_BLOCK(b);
         if (stream) ln_stream_fence();
         if (want_params) ln_sum_partials(a, partial, blocks, 0, cols);
         free(partial);
@@ -606,15 +609,13 @@ static int backward_row_blocks(const ln_backward_args *a)
     #pragma omp parallel num_threads(a->num_threads)
     {
         #pragma omp for schedule(dynamic, chunk)
-        for (int64_t b = 0; b < blocks; b++) {
-            if (by_rows) backward_row_block_by_rows(a, b, rows_per_block, partial);
-            else backward_row_block(a, b, rows_per_block, group, dx_rows, partial, stream, prefetch);
-        }
+        for (int64_t b = 0; b < blocks; b++) LN_ROW_BLOCK(b);
         if (stream) ln_stream_fence();
         if (want_params) {
             ln_sum_partials_shared(a, partial, blocks);
         }
     }
+#undef LN_ROW_BLOCK
     free(partial);
     return LN_OK;
 }
