@@ -247,6 +247,28 @@ def test_strided_inner_lengths(simd, rng, dtype, shape):
     check_layer_norm(x, 1, weight, bias)
 
 
+@pytest.mark.parametrize("dtype", FLOATS, ids=str)
+@pytest.mark.parametrize("reduce", [16, 40, 64, 100, 128])
+def test_strided_column_widths_give_the_same_bits(simd, rng, dtype, reduce):
+    """Each position's result is its own, whatever column takes it: 16
+    vectors, or 8 where that brings a column within 32 KB (float32 and
+    float64 at AVX-512 for 40 and 64 rows, at AVX2 for 100 and 128, see
+    column_vectors in forward_strided.c), 4 or 1 vectors, or one position
+    (an inner length of 1 would be the row layout, with arithmetic of its own)."""
+    x = random_array(rng, (2, reduce, 272), dtype, offset=-2.0)
+    weight, bias = random_params(rng, (reduce,), dtype)
+    y, rms = ln.layer_norm(x, 1, weight, bias), ln.rms_norm(x, 1, weight)
+    # float32 columns update their Welford moments row by row: on 64 to 128
+    # rows y came within 1.6e-6 of the reference (the row layout 0.8e-6)
+    tol = 2e-6 if dtype == FLOAT32 else None
+    assert_close(y, ref.layer_norm(x, 1, weight, bias)[0], tol=tol)
+    assert_close(rms, ref.rms_norm(x, 1, weight)[0], tol=tol)
+    for part in (slice(3, 5), slice(5, 21), slice(16, 80), slice(128, 272)):
+        narrow = np.ascontiguousarray(x[..., part])
+        assert ln.layer_norm(narrow, 1, weight, bias).tobytes() == y[..., part].tobytes(), part
+        assert ln.rms_norm(narrow, 1, weight).tobytes() == rms[..., part].tobytes(), part
+
+
 def test_axes_of_length_one(rng):
     """Length-1 axes between normalized axes do not change anything."""
     x = random_array(rng, (3, 1, 4, 1, 5), FLOAT64)

@@ -252,14 +252,47 @@ static void forward_positions(const ln_forward_args *a, int64_t o, int64_t i, in
     }
 }
 
+/* float32 and float64 columns take half their usual vectors where that
+ * brings a column (its `reduce` rows) within LN_L1_COLUMN_BYTES, so that the
+ * normalize pass reads it back from L1 rather than L2.  A/B
+ * (bench/compare_builds.py) against the usual widths, 2 threads, AVX-512
+ * unless stated, on an Intel Xeon with a 48 KB L1: NCHW (32, 64, 56, 56)
+ * float32 0.91x the time (1 thread, (2, 64, 56, 56) 0.94x; AVX2, whose
+ * streamed columns go from 32 vectors to 16, 0.88x), (16, 64, 56, 56)
+ * 0.92x, float64 0.92x, rms 0.94x, the fused add 0.99x; AVX2 (8, 128, 56, 56)
+ * 0.95x, (8, 96, 56, 56) 0.94x.  Columns still wider than that keep their
+ * width: 8 vectors for (8, 256, 64, 64) took 1.13x.  A 48 KB budget also
+ * gained on (32, 96, 56, 56) (0.94x), but 32 KB is the L1 of most x86-64
+ * cores.
+ * Not half precision, whose columns are half the bytes and whose time is
+ * its arithmetic's: float16 (16, 128, 56, 56) took 1.06x (bfloat16 0.98x).
+ * The same bits: a position's arithmetic is the same in every column. */
+#define LN_L1_COLUMN_BYTES (32 << 10)
+static inline int column_vectors(const ln_forward_args *a, int stream)
+{
+    const int wide = stream ? LN_STREAMED_COLUMN_VECTORS : LN_COLUMN_VECTORS;
+    const int64_t column_row_vector = a->layout.reduce * VL * (int64_t)sizeof(E);
+    const int halves = (LN_DT == LN_DT_FLOAT32 || LN_DT == LN_DT_FLOAT64) && column_row_vector * wide > LN_L1_COLUMN_BYTES
+                       && column_row_vector * (wide / 2) <= LN_L1_COLUMN_BYTES;
+    return halves ? wide / 2 : wide;
+}
+
 /* Positions [i, i + width) of outer index o: columns of
  * LN_STREAMED_COLUMN_VECTORS vectors where y streams, then of
- * LN_COLUMN_VECTORS, 4 and 1, then the positions left one at a time. */
+ * LN_COLUMN_VECTORS (or half as many, see column_vectors), 4 and 1, then the
+ * positions left one at a time. */
 static inline void forward_span(const ln_forward_args *a, int64_t o, int64_t i, int64_t width, const C *recip,
                                 int stream, int stream_sum)
 {
     const int64_t end = i + width;
-    if (LN_STREAMED_COLUMN_VECTORS > LN_COLUMN_VECTORS && stream) {
+    const int widest = column_vectors(a, stream);
+    if (widest < LN_COLUMN_VECTORS) {
+        for (; i + (LN_COLUMN_VECTORS / 2) * VL <= end; i += (LN_COLUMN_VECTORS / 2) * VL)
+            if (stream_sum) forward_columns(a, o, i, LN_COLUMN_VECTORS / 2, recip, 1, 1);
+            else if (stream) forward_columns(a, o, i, LN_COLUMN_VECTORS / 2, recip, 1, 0);
+            else forward_columns(a, o, i, LN_COLUMN_VECTORS / 2, recip, 0, 0);
+    }
+    if (LN_STREAMED_COLUMN_VECTORS > LN_COLUMN_VECTORS && stream && widest > LN_COLUMN_VECTORS) {
         for (; i + LN_STREAMED_COLUMN_VECTORS * VL <= end; i += LN_STREAMED_COLUMN_VECTORS * VL) {
             if (stream_sum) forward_columns(a, o, i, LN_STREAMED_COLUMN_VECTORS, recip, 1, 1);
             else forward_columns(a, o, i, LN_STREAMED_COLUMN_VECTORS, recip, 1, 0);
