@@ -6,8 +6,9 @@ import numpy as np
 import pytest
 
 import layernorm as ln
-from conftest import (FLOAT32, FLOAT64, assert_close, assert_sentinel, fill_sentinel, in_layout,
-                      keepdims_shape, param_shape, random_array, random_params, ref, unchanged)
+from conftest import (BFLOAT16, FLOAT32, FLOAT64, assert_close, assert_sentinel, fill_sentinel, in_layout,
+                      keepdims_shape, param_shape, python_subprocess, random_array, random_params, ref,
+                      unchanged)
 
 
 @pytest.fixture
@@ -294,3 +295,24 @@ def test_float64_out_for_integer_input():
     assert_close(out, ref.layer_norm(x)[0], FLOAT64)
     with pytest.raises(TypeError, match="out"):
         ln.layer_norm(x, out=np.empty((3, 4), np.int64))
+
+
+@pytest.mark.skipif(BFLOAT16 is None, reason="ml_dtypes not installed")
+def test_bfloat16_without_layernorm_importing_ml_dtypes():
+    """import layernorm leaves ml_dtypes alone (its import takes half a
+    second); bfloat16 arrays work once the caller has imported it, through
+    the general path (the first call, and transposed data) and the fast one,
+    and show_config reports bfloat16 as installed all along."""
+    out = python_subprocess(
+        "import sys, numpy as np, layernorm as ln\n"
+        "assert 'ml_dtypes' not in sys.modules\n"
+        "assert ln.show_config()['bfloat16'] and 'ml_dtypes' not in sys.modules\n"
+        "import ml_dtypes\n"
+        "x = np.linspace(-1, 2, 48).reshape(3, 16).astype(ml_dtypes.bfloat16)\n"
+        "w = np.linspace(0.5, 1.5, 16).astype(ml_dtypes.bfloat16)\n"
+        "y, mean, rstd = ln.layer_norm(x, -1, w, return_stats=True)\n"
+        "again = ln.layer_norm(x, -1, w)\n"
+        "transposed = ln.layer_norm(x.T, 0, w)\n"
+        "dx, dw, db = ln.layer_norm_backward(x, x, mean, rstd, -1, w)\n"
+        "print(y.dtype, again.tobytes() == y.tobytes(), transposed.T.tobytes() == y.tobytes(), dx.dtype, dw.dtype)")
+    assert out.split("\n")[-2].split() == ["bfloat16", "True", "True", "bfloat16", "bfloat16"]

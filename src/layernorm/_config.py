@@ -16,7 +16,7 @@ def config():
         "simd_levels_available": _kernels.simd_levels_available(),
         "openmp": _kernels.openmp_enabled(),
         "num_threads": get_num_threads(),
-        "bfloat16": _dtypes.BFLOAT16 is not None,
+        "bfloat16": _dtypes.bfloat16_installed(),
         "bfloat16_instructions": _kernels.bf16_instructions_in_use(),
         "numpy": np.__version__,
         "machine": platform.machine(),

@@ -27,7 +27,7 @@ from layernorm._buffer_pool import empty as _pooled_empty, MIN_POOLED_BYTES as _
 cdef cnp.dtype _FLOAT32 = np.dtype(np.float32)
 cdef cnp.dtype _FLOAT64 = np.dtype(np.float64)
 cdef cnp.dtype _FLOAT16 = np.dtype(np.float16)
-cdef object _BFLOAT16 = None     # set by _dtypes.py when ml_dtypes is installed
+cdef object _BFLOAT16 = None     # set by _dtypes.py once the caller has imported ml_dtypes
 
 # Below this many elements a call counts as small (the kernels' own
 # single-thread threshold, LN_PARALLEL_MIN_ELEMENTS).

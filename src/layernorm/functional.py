@@ -12,7 +12,7 @@ import numpy as np
 
 from . import _kernels, _buffer_pool
 from ._axes import normalize_axes, plan_layout, keepdims_shape, param_shape
-from ._dtypes import KERNEL_CODES, FLOAT32, FLOAT64, BFLOAT16, compute_dtype, kernel_dtype
+from ._dtypes import KERNEL_CODES, FLOAT32, FLOAT64, compute_dtype, is_bfloat16, kernel_dtype
 from ._threads import get_num_threads
 from ._validation import (as_input, as_parameter, check_eps, check_output, check_same_shape,
                           writable_in_place)
@@ -67,7 +67,7 @@ def _as_companion(array, name, dtype, shape, reference="x"):
 
 def _as_statistic(stat, name, shape, dtype):
     array = np.asarray(stat)
-    if array.dtype.kind not in "fiu" and array.dtype != BFLOAT16:
+    if array.dtype.kind not in "fiu" and not is_bfloat16(array.dtype):
         raise TypeError(f"{name} must be a real array, got dtype {array.dtype}")
     if array.shape != tuple(shape):
         raise ValueError(f"{name} must have the statistics shape {tuple(shape)} "
@@ -177,7 +177,7 @@ def _backward(mode, dy, x, mean, rstd, axis, weight):
     param_dtype = stat_dtype
     if weight is not None:
         wdt = np.asarray(weight).dtype
-        param_dtype = wdt if (wdt.kind == "f" or wdt == BFLOAT16) else stat_dtype
+        param_dtype = wdt if (wdt.kind == "f" or is_bfloat16(wdt)) else stat_dtype
     # ---- validation done ----
     # the kernels write every element; empty inputs sum to zero
     allocate = np.zeros if xa.size == 0 else _buffer_pool.empty
