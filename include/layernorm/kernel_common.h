@@ -836,8 +836,18 @@ static inline int64_t ln_dynamic_chunk(int64_t items, int64_t elements, int thre
 #define LN_PREFETCH_BELOW_BYTES 1024
 /* Rows of `reduce` summed (or Welford-updated) in the compute type by the
  * strided kernels before the result is merged into float64: bounds the
- * compute-type rounding for long reductions. */
-#define LN_CHUNK_ROWS 64
+ * compute-type rounding for long reductions.  16 for float32: the
+ * Welford mean's roundings add up along a chunk, and with 64 float32 y of
+ * unit-spread data (offsets 0, -2 and 3e4, no weight) came up to 1.4e-6
+ * from the float64 reference over 16 to 1000 rows, against the 1e-6 the
+ * README promises; with 32 1.1e-6, with 16 0.75e-6 (the row layout 0.8e-6).
+ * A/B (bench/compare_builds.py) against 64, 2 threads, AVX-512: NCHW
+ * (32, 64, 56, 56) 1.03x the time (AVX2 1.03x, rms 1.03x, the backward
+ * 1.01x, the fused add 1.00x), (8, 256, 64, 64) 1.06x (1 thread 1.10x; 32
+ * rows 1.02x).  Half precision, whose outputs round to 1e-3 and coarser,
+ * keeps 64 (16 took float16 1.05x, bfloat16 1.03x); float64's Welford error
+ * is far below its tolerance. */
+#define LN_CHUNK_ROWS (LN_DT == LN_DT_FLOAT32 ? 16 : 64)
 /* Positions a strided kernel takes together in one column: long runs along
  * each of the `reduce` rows for the hardware prefetcher, and enough
  * independent vectors to hide the accumulation chains' latency.  On NCHW
