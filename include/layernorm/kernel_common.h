@@ -809,20 +809,27 @@ static inline int64_t ln_dynamic_chunk(int64_t items, int64_t elements, int thre
 }
 /* Width of the inner tile of the strided layout (elements). */
 #define LN_TILE 256
-/* Every software prefetch fills L2, not L1 (GCC's locality 1: prefetcht2;
- * this machine's L1 is 32 KB, its L2 1 MB).  The lines a kernel prefetches
- * are read a group or a column later, and pulled into L1 they evicted the
- * lines the current passes were re-reading.  A/B (bench/compare_builds.py),
- * 2 threads, AVX-512 unless stated, against locality 3 (prefetcht0): the
- * forward's row groups (16384, 1024) float32 0.88x to 0.89x the time (AVX2
- * 0.93x, baseline 0.77x), float16 0.75x, bfloat16 0.74x, rms 0.80x,
- * (8192, 2048) float16 0.82x, (65536, 256) 0.89x, float64 (32768, 512)
- * 0.88x, (4096, 768) 0.94x; the strided kernels' reads, NCHW
+/* Every software prefetch fills L2, not L1 (GCC's locality 1: prefetcht2).
+ * The lines a kernel prefetches are read a group or a column later, and
+ * pulled into L1 they evicted the lines the current passes were re-reading.
+ * A/B (bench/compare_builds.py) on the earlier AMD EPYC host (a 32 KB L1, a
+ * 1 MB L2), 2 threads, AVX-512 unless stated, against locality 3
+ * (prefetcht0): the forward's row groups (16384, 1024) float32 0.88x to
+ * 0.89x the time (AVX2 0.93x, baseline 0.77x), float16 0.75x, bfloat16
+ * 0.74x, rms 0.80x, (8192, 2048) float16 0.82x, (65536, 256) 0.89x, float64
+ * (32768, 512) 0.88x, (4096, 768) 0.94x; the strided kernels' reads, NCHW
  * (32, 64, 56, 56): forward 0.92x (AVX2 0.86x, float16 0.94x), fused add
  * 0.76x, backward 0.73x, (8, 256, 64, 64) 0.93x; and their output lines
  * (16, 64, 56, 56) 0.95x, its fused add 0.94x.  Locality 2 measured the same
  * as 1 (0.99x); 0 (prefetchnta) took 1.19x to 1.32x.  The same bits.
- * (One exception: ln_prefetch_column's two-input columns.) */
+ * (One exception: ln_prefetch_column's two-input columns.)
+ * On the Intel Xeon host since (48 KB, 2 MB), locality 3 against 1:
+ * (16384, 1024) float32 1.09x, float16 1.13x, NCHW forward 1.02x, backward
+ * 1.08x; but float32 rows of 1 KB and less gained ((65536, 256) 0.92x,
+ * (131072, 128) 0.94x, (32768, 512) 0.98x; float16 (65536, 256) and the
+ * backward even).  Locality 3 for float32 rows under 2 KB alone (a branch
+ * in forward_rows.c's prefetch_row) then gave (65536, 256) 0.997x, rms
+ * 1.04x, AVX2 1.02x: not taken. */
 #define LN_PREFETCH_LOCALITY 1
 
 /* Strided-layout columns narrower than this many bytes prefetch, in their
