@@ -832,6 +832,12 @@ static inline int64_t ln_dynamic_chunk(int64_t items, int64_t elements, int thre
  * 1.04x, AVX2 1.02x: not taken. */
 #define LN_PREFETCH_LOCALITY 1
 
+/* Calls whose inputs take at least this many bytes count as calls from
+ * memory, which prefetch the next rows (forward_rows.c's
+ * prefetch_row_groups, backward_rows.c's); below it a loop finds its rows
+ * in the L3 (the measurements are at those two). */
+#define LN_PREFETCH_MIN_BYTES ((int64_t)8 << 20)
+
 /* Strided-layout columns narrower than this many bytes prefetch, in their
  * first pass, the same rows of the next columns and their own output lines:
  * `reduce` rows far apart are more streams than the hardware prefetcher

@@ -93,11 +93,10 @@ typedef struct { double sum_g, sum_g_xhat; } row_sums;
  * AVX2 float32 0.92x; bfloat16 (65536, 256) 0.99x), and calls under 8 MB
  * of inputs are left alone.  (Most of these calls now go a row at a time
  * instead, with a prefetch of their own: see rows_one_at_a_time.) */
-#define PREFETCH_MIN_BYTES ((int64_t)8 << 20)
 static inline int prefetch_row_groups(const ln_backward_args *a)
 {
     const int64_t row_bytes = a->layout.reduce * (int64_t)sizeof(E), inputs = 2 * a->layout.outer * row_bytes;
-    return row_bytes >= 1024 && inputs >= PREFETCH_MIN_BYTES;
+    return row_bytes >= 1024 && inputs >= LN_PREFETCH_MIN_BYTES;
 }
 
 static inline V grad_in(const void *weight, int storage, const E *dy, int64_t i)
@@ -492,7 +491,7 @@ static inline int rows_one_at_a_time(const ln_backward_args *a)
 {
     const int64_t cols = a->layout.reduce, row_bytes = cols * (int64_t)sizeof(E);
     const int half = LN_DT == LN_DT_FLOAT16 || LN_DT == LN_DT_BFLOAT16;
-    /* dx_streamed implies inputs of far more than PREFETCH_MIN_BYTES and rows
+    /* dx_streamed implies inputs of far more than LN_PREFETCH_MIN_BYTES and rows
      * of whole lines, so of whole vectors (dx_row has no tail); the carry's
      * bound implies rows of at most ROW_AT_A_TIME_MAX_BYTES (sizeof(E) <=
      * sizeof(C)) */

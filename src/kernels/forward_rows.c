@@ -163,7 +163,6 @@ static inline int stage_row_outputs(const void *y, int64_t rows, int64_t cols, i
  * 2 KB: at 64 KB, (16384, 1024) float32 was even (1.00x). */
 #define LN_PREFETCH_GROUP_BYTES 32768
 #define PREFETCHES_FOR_STORED_Y (LN_DT == LN_DT_BFLOAT16)
-#define LN_PREFETCH_MIN_BYTES ((int64_t)8 << 20)
 #if LN_DT == LN_DT_FLOAT16 || LN_DT == LN_DT_BFLOAT16
 #define LN_PREFETCH_MIN_ROW_BYTES 1024
 #else

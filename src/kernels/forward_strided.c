@@ -286,22 +286,24 @@ static inline void forward_span(const ln_forward_args *a, int64_t o, int64_t i, 
 {
     const int64_t end = i + width;
     const int widest = column_vectors(a, stream);
+    /* columns of `vectors` vectors, specialized on the streaming flags */
+#define LN_SPECIALIZED_COLUMNS(vectors)                                                  \
+    for (; i + (vectors) * VL <= end; i += (vectors) * VL)                               \
+        if (stream_sum) forward_columns(a, o, i, (vectors), recip, 1, 1);                \
+        else if (stream) forward_columns(a, o, i, (vectors), recip, 1, 0);               \
+        else forward_columns(a, o, i, (vectors), recip, 0, 0)
     if (widest < LN_COLUMN_VECTORS) {
-        for (; i + (LN_COLUMN_VECTORS / 2) * VL <= end; i += (LN_COLUMN_VECTORS / 2) * VL)
-            if (stream_sum) forward_columns(a, o, i, LN_COLUMN_VECTORS / 2, recip, 1, 1);
-            else if (stream) forward_columns(a, o, i, LN_COLUMN_VECTORS / 2, recip, 1, 0);
-            else forward_columns(a, o, i, LN_COLUMN_VECTORS / 2, recip, 0, 0);
+        LN_SPECIALIZED_COLUMNS(LN_COLUMN_VECTORS / 2);
     }
-    if (LN_STREAMED_COLUMN_VECTORS > LN_COLUMN_VECTORS && stream && widest > LN_COLUMN_VECTORS) {
+    /* (wider than LN_COLUMN_VECTORS only where y streams) */
+    if (LN_STREAMED_COLUMN_VECTORS > LN_COLUMN_VECTORS && widest > LN_COLUMN_VECTORS) {
         for (; i + LN_STREAMED_COLUMN_VECTORS * VL <= end; i += LN_STREAMED_COLUMN_VECTORS * VL) {
             if (stream_sum) forward_columns(a, o, i, LN_STREAMED_COLUMN_VECTORS, recip, 1, 1);
             else forward_columns(a, o, i, LN_STREAMED_COLUMN_VECTORS, recip, 1, 0);
         }
     }
-    for (; i + LN_COLUMN_VECTORS * VL <= end; i += LN_COLUMN_VECTORS * VL)
-        if (stream_sum) forward_columns(a, o, i, LN_COLUMN_VECTORS, recip, 1, 1);
-        else if (stream) forward_columns(a, o, i, LN_COLUMN_VECTORS, recip, 1, 0);
-        else forward_columns(a, o, i, LN_COLUMN_VECTORS, recip, 0, 0);
+    LN_SPECIALIZED_COLUMNS(LN_COLUMN_VECTORS);
+#undef LN_SPECIALIZED_COLUMNS
     for (; i + 4 * VL <= end; i += 4 * VL) forward_columns(a, o, i, 4, recip, stream, stream_sum);
     for (; i + VL <= end; i += VL) forward_columns(a, o, i, 1, recip, stream, stream_sum);
     if (i < end) forward_positions(a, o, i, end - i, recip);
